@@ -1,0 +1,11 @@
+"""Built-in saliency adapters, one per level of access to the model.
+
+Installed as ``informer_audit.adapters``. Importing this package registers every built-in
+adapter that needs no optional dependency at import time.
+"""
+
+from __future__ import annotations
+
+from .fd import FiniteDifferenceIxG
+
+__all__ = ["FiniteDifferenceIxG"]

@@ -1,0 +1,515 @@
+"""The ``informer-audit`` command: a thin boundary around the library.
+
+Each command parses its options, builds the library objects, makes one library call, renders the
+outcome with rich, and exits. Only this module maps exceptions to exit codes:
+
+* 0 -- done, every image scored;
+* 1 -- done, but some image files failed (listed in the output and on the terminal);
+* 2 -- bad invocation, or input refused (model, model card, labels, monitor mismatch);
+* 3 -- the requested device cannot be used (e.g. ``--device cuda`` without a usable GPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import DeviceUnavailableError, InformerAuditError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_FILES_FAILED, EXIT_REFUSED, EXIT_DEVICE = 0, 1, 2, 3
+
+_SALIENCY_PARAMS = {
+    # CLI option destination -> adapter parameter name
+    "patch_size": "patch_size",
+    "fd_step": "step",
+    "fd_scheme": "scheme",
+}
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # logs and CI: do not squeeze tables into 80 columns
+    return console
+
+
+def _handle_errors(func: F) -> F:
+    """Turn the library's refusals into a one-line message and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DeviceUnavailableError as exc:
+            _console(stderr=True).print(f"[bold red]error:[/] {_escape(str(exc))}")
+            sys.exit(EXIT_DEVICE)
+        except InformerAuditError as exc:
+            _console(stderr=True).print(f"[bold red]error:[/] {_escape(str(exc))}")
+            sys.exit(EXIT_REFUSED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _split_list(value: str | None, cast: Callable[[str], Any] = str) -> list[Any] | None:
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"cannot parse {value!r}: {exc}") from exc
+
+
+# -- options, defined once ---------------------------------------------------------------------
+def model_options(func: F) -> F:
+    """The model argument, its card, preprocessing overrides and the device."""
+    decorators = [
+        click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+        click.option(
+            "--model-card",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="JSON or TOML model card; overrides the ONNX file's metadata.",
+        ),
+        click.option("--class-names", help="Override: comma-separated class names, model order."),
+        click.option("--image-size", help="Override: input size as H,W (or one number)."),
+        click.option("--channels", type=click.Choice(["1", "3"]), help="Override: channels."),
+        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), help="Override: layout."),
+        click.option("--scale", type=float, help="Override: pixels are divided by this."),
+        click.option("--mean", help="Override: comma-separated per-channel mean."),
+        click.option("--std", help="Override: comma-separated per-channel std."),
+        click.option(
+            "--output-kind",
+            type=click.Choice(["logits", "probabilities"]),
+            help="Override: what the model outputs.",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
+            help="auto uses CUDA when ONNX Runtime can really create it, and says which.",
+        ),
+        click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all)."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def saliency_options(func: F) -> F:
+    """Saliency adapter choice and settings; choices come from the adapter registry."""
+    from .saliency import available_adapters
+
+    decorators = [
+        click.option(
+            "--saliency",
+            type=click.Choice(sorted(available_adapters())),
+            default=None,
+            help="Saliency adapter (calibrate default: fd; flag: the monitor's).",
+        ),
+        click.option("--patch-size", type=int, help="fd: patch side in model pixels [16]."),
+        click.option("--fd-step", type=float, help="fd: relative step h [1e-3]."),
+        click.option(
+            "--fd-scheme", type=click.Choice(["central", "forward"]), help="fd: scheme [central]."
+        ),
+        click.option(
+            "--batch-size",
+            type=int,
+            default=32,
+            show_default=True,
+            help="Images per ONNX Runtime run (does not change results).",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _load_model(kw: dict[str, Any]) -> Any:
+    from .model import OnnxClassifier
+
+    size = _split_list(kw.pop("image_size"), int)
+    overrides = {
+        "class_names": _split_list(kw.pop("class_names")),
+        "image_size": (size * 2 if size and len(size) == 1 else size),
+        "channels": int(channels) if (channels := kw.pop("channels")) else None,
+        "layout": kw.pop("layout"),
+        "scale": kw.pop("scale"),
+        "mean": _split_list(kw.pop("mean"), float),
+        "std": _split_list(kw.pop("std"), float),
+        "output": kw.pop("output_kind"),
+    }
+    return OnnxClassifier(
+        kw.pop("model"),
+        card_file=kw.pop("model_card"),
+        overrides=overrides,
+        device=kw.pop("device"),
+        threads=kw.pop("threads"),
+    )
+
+
+def _pop_saliency(kw: dict[str, Any]) -> dict[str, Any]:
+    given = {}
+    for opt, param in _SALIENCY_PARAMS.items():
+        value = kw.pop(opt, None)
+        if value is not None:
+            given[param] = value
+    return given
+
+
+def _progress() -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=_console(stderr=True),
+        transient=False,
+    )
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "–" if v != v else f"{v:.{digits}f}"  # NaN -> dash
+
+
+# -- commands -----------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="informer-audit")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Audit an ONNX image classifier: flag predictions it cannot tell apart (INFORMER).
+
+    Exit codes: 0 done; 1 done but some image files failed; 2 bad invocation or input refused;
+    3 requested device unavailable.
+    """
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = RichHandler(console=_console(stderr=True), show_time=False, show_path=False)
+    root = logging.getLogger("informer_audit")
+    root.handlers = [h for h in root.handlers if not isinstance(h, RichHandler)] + [handler]
+    root.setLevel(level)
+
+
+@cli.command()
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@_handle_errors
+def info(as_json: bool, **kw: Any) -> None:
+    """Show a model's inputs, outputs, preprocessing, classes and execution providers."""
+    model = _load_model(kw)
+    desc = model.describe()
+    if as_json:
+        import json
+
+        click.echo(json.dumps(desc, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{desc['path']}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    card = desc["card"]
+    rows = [
+        ("sha256", desc["sha256"]),
+        ("producer", desc["producer"] or "–"),
+        ("opsets", ", ".join(f"{k} {v}" for k, v in desc["opsets"].items())),
+        (
+            "input",
+            f"{desc['input']['name']} {desc['input']['type']} {list(desc['input']['shape'])}",
+        ),
+        (
+            "output",
+            f"{desc['output']['name']} {desc['output']['type']} {list(desc['output']['shape'])}",
+        ),
+        ("batch axis", desc["batch"]),
+        ("layout", card["layout"]),
+        ("image size", f"{card['image_size'][0]} x {card['image_size'][1]}"),
+        ("channels", str(card["channels"])),
+        ("scale", f"pixels / {card['scale']:g}"),
+        ("mean", ", ".join(f"{v:g}" for v in card["mean"])),
+        ("std", ", ".join(f"{v:g}" for v in card["std"])),
+        ("output kind", card["output"]),
+        ("classes", ", ".join(card["class_names"])),
+        ("preprocessing from", desc["card_source"]),
+        ("execution providers", ", ".join(desc["providers"])),
+        ("device", desc["device_note"]),
+    ]
+    for key, value in rows:
+        table.add_row(key, _escape(str(value)))
+    _console().print(table)
+
+
+@cli.command()
+@model_options
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder the label CSV's relative paths are resolved against.",
+)
+@click.option(
+    "--labels",
+    "labels_csv",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labels CSV: plain (path + 0/1 per class), CheXpert, or NIH Data_Entry.",
+)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Monitor JSON to write.",
+)
+@click.option(
+    "--classes",
+    help="Model classes to audit, optionally mapped to label columns: "
+    "'Atelectasis,Effusion=Pleural Effusion'. Default: every model class, same-named columns.",
+)
+@click.option(
+    "--label-format",
+    type=click.Choice(["auto", "plain", "chexpert", "nih"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--uncertain",
+    type=click.Choice(["exclude-image", "exclude-class", "zero", "one"]),
+    default="exclude-image",
+    show_default=True,
+    help="CheXpert -1 labels: drop the image (the paper's choice), drop only that class, "
+    "count as 0, or count as 1.",
+)
+@click.option("--frontal-only", is_flag=True, help="Keep frontal views only.")
+@click.option(
+    "--require-finding",
+    is_flag=True,
+    help="The paper's cohort rule: drop images with none of the audited findings.",
+)
+@click.option("--split", help="Keep only rows whose 'split' column has this value (e.g. val).")
+@click.option("--path-column", help="Name of the CSV column holding image paths.")
+@click.option(
+    "--grid-step", type=float, default=0.001, show_default=True, help="Flag-threshold grid step."
+)
+@click.option(
+    "--scores-csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write per-image scores: labels, probabilities, d and the K x K distance matrix.",
+)
+@saliency_options
+@_handle_errors
+def calibrate(**kw: Any) -> None:
+    """Fit prediction thresholds and per-class flag thresholds on labelled images.
+
+    Paths in the labels CSV are resolved against --images; exactly the images the CSV lists
+    (after the filters) are used.
+    """
+    from .labels import parse_class_map, read_labels
+    from .monitor import save_monitor
+    from .pipeline import Auditor, write_scores_csv
+    from .pipeline import calibrate as run_calibration
+    from .saliency import get_adapter
+
+    model = _load_model(kw)
+    adapter = get_adapter(kw["saliency"] or "fd", batch_size=kw["batch_size"], **_pop_saliency(kw))
+    class_map = parse_class_map(kw["classes"], list(model.card.class_names))
+    labels = read_labels(
+        kw["labels_csv"],
+        kw["images"],
+        class_map,
+        fmt=kw["label_format"],
+        uncertain=kw["uncertain"],
+        frontal_only=kw["frontal_only"],
+        require_finding=kw["require_finding"],
+        split=kw["split"],
+        path_column=kw["path_column"],
+    )
+    auditor = Auditor(model, adapter, list(class_map))
+    err = _console(stderr=True)
+    err.print(
+        f"[bold]calibrate[/]: {len(labels)} labelled images from {_escape(str(kw['labels_csv']))}"
+        + (f" (dropped: {labels.excluded})" if any(labels.excluded.values()) else "")
+        + f"; saliency {adapter.settings()}; device {model.device_note}"
+    )
+    with _progress() as progress:
+        task = progress.add_task("calibrating", total=len(labels))
+        result = run_calibration(
+            auditor,
+            labels,
+            grid_step=kw["grid_step"],
+            on_result=lambda _r: progress.advance(task),
+        )
+    provenance = {
+        "labels_file": Path(kw["labels_csv"]).name,
+        "label_format": labels.format,
+        "label_columns": dict(zip(labels.class_names, labels.label_columns, strict=True)),
+        "filters": {
+            "split": kw["split"],
+            "uncertain": kw["uncertain"],
+            "frontal_only": kw["frontal_only"],
+            "require_finding": kw["require_finding"],
+            "excluded": labels.excluded,
+        },
+        "n_images": len(result.results),
+        "n_failed": len(result.failures),
+    }
+    save_monitor(kw["output"], result.monitor, result.binding, provenance)
+    if kw["scores_csv"]:
+        write_scores_csv(kw["scores_csv"], result, auditor.classes)
+    _render_calibration(result)
+    _render_failures([(f.key, str(f.error)) for f in result.failures])
+    _console().print(f"monitor written to {_escape(str(kw['output']))}")
+    sys.exit(result.return_code)
+
+
+def _render_calibration(result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Calibration on {len(result.results)} images (INFORMER, d < τ flags)")
+    for col in ("class", "n", "pos", "pred. thr", "τ", "flags", "F1 before", "F1 after",
+                "sens. before→after", "spec. before→after"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    notes = []
+    for f in result.monitor.fits_:
+        table.add_row(
+            _escape(f.name), str(f.n), str(f.n_pos), f"{f.prediction_threshold:.4f}",
+            f"{f.flag_threshold:.3f}", str(f.n_flags), _fmt(f.f1_before), _fmt(f.f1_after),
+            f"{_fmt(f.sensitivity_before)}→{_fmt(f.sensitivity_after)}",
+            f"{_fmt(f.specificity_before)}→{_fmt(f.specificity_after)}",
+        )
+        if f.note:
+            notes.append(f"{f.name}: {f.note}")
+    console = _console()
+    console.print(table)
+    for note in notes:
+        console.print(f"[yellow]note[/] {_escape(note)}")
+
+
+def _render_failures(failures: list[tuple[str, str]]) -> None:
+    if not failures:
+        return
+    err = _console(stderr=True)
+    err.print(f"[bold yellow]{len(failures)} file(s) failed[/] and were skipped:")
+    for key, error in failures[:20]:
+        err.print(f"  {_escape(key)}: {_escape(error)}")
+    if len(failures) > 20:
+        err.print(f"  ... and {len(failures) - 20} more (see the output file)")
+
+
+@cli.command()
+@model_options
+@click.option(
+    "--monitor",
+    "monitor_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Monitor JSON written by calibrate for this model.",
+)
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder audited recursively (PNG, JPEG, BMP, TIFF).",
+)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Flags CSV to write (one row per image).",
+)
+@click.option(
+    "--with-matrix", is_flag=True, help="Add the K x K cosine-distance matrix (dist_A|B columns)."
+)
+@saliency_options
+@_handle_errors
+def flag(**kw: Any) -> None:
+    """Audit every image under a folder with a fitted monitor; write one CSV row per image.
+
+    Saliency settings come from the monitor; settings given here must match it.
+    """
+    from .errors import MonitorMismatchError
+    from .monitor import check_binding, load_monitor
+    from .pipeline import Auditor, flag_folder
+    from .saliency import adapter_from_settings
+
+    monitor, binding, _ = load_monitor(kw["monitor_path"])
+    model = _load_model(kw)
+    settings = dict(binding["saliency"])
+    if kw["saliency"] and kw["saliency"] != settings.get("name"):
+        raise MonitorMismatchError(
+            f"{kw['monitor_path']} was fitted with saliency {settings.get('name')!r}, "
+            f"this run asks for {kw['saliency']!r}"
+        )
+    requested = {**settings, **_pop_saliency(kw)}
+    adapter = adapter_from_settings(requested, batch_size=kw["batch_size"])
+    auditor = Auditor(model, adapter, binding["audited_classes"])
+    check_binding(binding, auditor.binding(), source=str(kw["monitor_path"]))
+    err = _console(stderr=True)
+    err.print(f"[bold]flag[/]: saliency {adapter.settings()}; device {model.device_note}")
+    with _progress() as progress:
+        task = progress.add_task("auditing", total=None)
+        summary = flag_folder(
+            auditor,
+            monitor,
+            binding,
+            kw["images"],
+            kw["output"],
+            with_matrix=kw["with_matrix"],
+            monitor_source=str(kw["monitor_path"]),
+            on_start=lambda n: progress.update(task, total=n),
+            on_result=lambda _r: progress.advance(task),
+        )
+    _render_flag_summary(summary)
+    _render_failures(summary.failures)
+    _console().print(f"flags written to {_escape(str(kw['output']))}")
+    sys.exit(summary.return_code)
+
+
+def _render_flag_summary(summary: Any) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"Audit of {summary.n_images} images ({summary.n_ok} scored, "
+        f"{summary.n_failed} failed)"
+    )
+    for col in ("class", "predicted positive", "flagged", "flag rate", "audited positive"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for j, name in enumerate(summary.classes):
+        rate = summary.flagged[j] / summary.n_ok if summary.n_ok else float("nan")
+        table.add_row(
+            _escape(name), str(summary.predicted[j]), str(summary.flagged[j]), _fmt(rate),
+            str(summary.audited[j]),
+        )
+    _console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="informer-audit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""One small exception hierarchy for everything the auditor refuses.
+
+Every error subclasses :class:`InformerAuditError` and the matching built-in, so callers can catch
+either. Messages say what was expected, what came, and (where there are any) the valid choices.
+Only the CLI maps these to exit codes.
+"""
+
+from __future__ import annotations
+
+
+class InformerAuditError(Exception):
+    """Base class of all errors raised on purpose by informer-audit."""
+
+
+class ImageReadError(InformerAuditError, ValueError):
+    """An image file cannot be read or converted (corrupt, unsupported, odd shape)."""
+
+
+class ModelSpecError(InformerAuditError, ValueError):
+    """The ONNX model or its preprocessing description is unusable or incomplete."""
+
+
+class LabelFormatError(InformerAuditError, ValueError):
+    """A labels CSV is malformed, or does not fit the model's classes."""
+
+
+class MonitorFormatError(InformerAuditError, ValueError):
+    """A monitor file is not valid monitor JSON (truncated, edited, other schema version)."""
+
+
+class MonitorMismatchError(InformerAuditError, ValueError):
+    """A monitor was fitted for another model, class list, preprocessing or saliency setting."""
+
+
+class NotFittedError(InformerAuditError, ValueError, AttributeError):
+    """A monitor is used before ``fit`` (same contract as scikit-learn's ``NotFittedError``)."""
+
+
+class DeviceUnavailableError(InformerAuditError, RuntimeError):
+    """The requested execution device (e.g. CUDA) cannot be created by ONNX Runtime."""
+
+
+class SaliencyError(InformerAuditError, ValueError):
+    """A saliency adapter is unknown or was given invalid settings."""

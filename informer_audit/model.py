@@ -1,0 +1,535 @@
+"""Canonical images -> model scores: the ONNX classifier wrapper and its model card.
+
+A :class:`ModelCard` says how the vendor's model expects its input (size, channels, layout,
+scale, mean/std) and what it outputs (class names; logits or probabilities). It is read, in order
+of precedence, from explicit overrides (CLI options), a card file (JSON or TOML), or the ONNX
+file's ``metadata_props`` under :data:`CARD_METADATA_KEY`. Nothing is guessed: a field that none
+of them gives is an error, and a card that contradicts the graph's static shapes is refused.
+
+:class:`OnnxClassifier` holds ONE ONNX Runtime session for the model's lifetime. Adapters hand it
+batches in NCHW (the only layout downstream code sees) and get logits back as float64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import DeviceUnavailableError, ModelSpecError
+from .images import CanonicalImage, resize, to_channels
+
+logger = logging.getLogger(__name__)
+
+CARD_METADATA_KEY = "informer_audit.model_card"
+"""ONNX ``metadata_props`` key under which the model card JSON is stored."""
+
+CARD_FIELDS = ("class_names", "image_size", "channels", "layout", "scale", "mean", "std", "output")
+_INFO_FIELDS = ("name", "description", "architecture", "version", "source")
+LAYOUTS = ("NCHW", "NHWC")
+OUTPUT_KINDS = ("logits", "probabilities")
+DEVICES = ("auto", "cpu", "cuda")
+MAX_MODEL_BYTES = 4 * 1024**3
+"""Models (with their external data) larger than this are refused before loading."""
+
+_PROB_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """How to feed a classifier and read its output.
+
+    Pixels of a canonical image (8-bit scale) are divided by ``scale``, then normalised per
+    channel with ``(x - mean) / std``.
+    """
+
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    channels: int
+    layout: str = "NCHW"
+    scale: float = 255.0
+    mean: tuple[float, ...] = field(default=(0.0,))
+    std: tuple[float, ...] = field(default=(1.0,))
+    output: str = "logits"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "model card") -> ModelCard:
+        """Validate and build a card; ``source`` names where it came from in error messages."""
+        if not isinstance(data, Mapping):
+            raise ModelSpecError(
+                f"{source}: expected a JSON/TOML object, got {type(data).__name__}"
+            )
+        unknown = sorted(set(data) - set(CARD_FIELDS) - set(_INFO_FIELDS))
+        if unknown:
+            raise ModelSpecError(
+                f"{source}: unknown field(s) {unknown}; valid fields are {list(CARD_FIELDS)}"
+            )
+        missing = [f for f in CARD_FIELDS if f not in data]
+        if missing:
+            raise ModelSpecError(f"{source}: missing field(s) {missing}")
+        try:
+            names = tuple(str(n) for n in data["class_names"])
+            size = data["image_size"]
+            if isinstance(size, int | float):
+                size = (size, size)
+            size_t = (int(size[0]), int(size[1]))
+            channels = int(data["channels"])
+            scale = float(data["scale"])
+            mean = tuple(float(v) for v in _as_list(data["mean"]))
+            std = tuple(float(v) for v in _as_list(data["std"]))
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise ModelSpecError(f"{source}: malformed field value ({exc})") from exc
+        layout, output = str(data["layout"]).upper(), str(data["output"]).lower()
+        problems = []
+        if not names or len(set(names)) != len(names) or any(not n.strip() for n in names):
+            problems.append(f"class_names must be distinct non-empty names, got {list(names)}")
+        if min(size_t) < 1:
+            problems.append(f"image_size must be positive [H, W], got {list(size_t)}")
+        if channels not in (1, 3):
+            problems.append(f"channels must be 1 or 3, got {channels}")
+        if layout not in LAYOUTS:
+            problems.append(f"layout must be one of {list(LAYOUTS)}, got {data['layout']!r}")
+        if output not in OUTPUT_KINDS:
+            problems.append(f"output must be one of {list(OUTPUT_KINDS)}, got {data['output']!r}")
+        if not (scale > 0 and math.isfinite(scale)):
+            problems.append(f"scale must be a positive number, got {scale}")
+        for key, values in (("mean", mean), ("std", std)):
+            if len(values) not in (1, channels):
+                problems.append(f"{key} must have 1 or {channels} values, got {len(values)}")
+            if not all(math.isfinite(v) for v in values):
+                problems.append(f"{key} must be finite, got {list(values)}")
+        if any(v <= 0 for v in std):
+            problems.append(f"std values must be positive, got {list(std)}")
+        if problems:
+            raise ModelSpecError(f"{source}: " + "; ".join(problems))
+        if len(mean) == 1:
+            mean = mean * channels
+        if len(std) == 1:
+            std = std * channels
+        return cls(names, size_t, channels, layout, scale, mean, std, output)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelCard:
+        """Read a card from a ``.json`` or ``.toml`` file."""
+        return cls.from_dict(_read_card_file(Path(path)), source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as a JSON-ready object (the format of card files and ONNX metadata)."""
+        d = asdict(self)
+        return {
+            "class_names": list(d["class_names"]),
+            "image_size": list(d["image_size"]),
+            "channels": d["channels"],
+            "layout": d["layout"],
+            "scale": d["scale"],
+            "mean": list(d["mean"]),
+            "std": list(d["std"]),
+            "output": d["output"],
+        }
+
+    def to_json(self) -> str:
+        """Serialised card, as stored under :data:`CARD_METADATA_KEY`."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _read_card_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelSpecError(f"{path}: model card file not found")
+    try:
+        if path.suffix.lower() == ".toml":
+            with path.open("rb") as fh:
+                return tomllib.load(fh)
+        with path.open("r", encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ModelSpecError(
+            f"{path}: cannot parse the model card (expected JSON, or TOML for .toml files): {exc}"
+        ) from exc
+
+
+def resolve_card(
+    metadata: Mapping[str, str],
+    card_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    source: str = "model",
+) -> tuple[ModelCard, str]:
+    """Combine ONNX metadata, a card file and CLI overrides (later wins, field by field).
+
+    Returns
+    -------
+    (ModelCard, str)
+        The card and a short description of where its fields came from.
+    """
+    merged: dict[str, Any] = {}
+    origins = []
+    if CARD_METADATA_KEY in metadata:
+        try:
+            meta_card = json.loads(metadata[CARD_METADATA_KEY])
+        except json.JSONDecodeError as exc:
+            raise ModelSpecError(
+                f"{source}: metadata_props[{CARD_METADATA_KEY!r}] is not valid JSON: {exc}"
+            ) from exc
+        if not isinstance(meta_card, dict):
+            raise ModelSpecError(
+                f"{source}: metadata_props[{CARD_METADATA_KEY!r}] is not an object"
+            )
+        merged.update(meta_card)
+        origins.append("ONNX metadata")
+    if card_file is not None:
+        merged.update(_read_card_file(Path(card_file)))
+        origins.append(f"card {card_file}")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
+        merged.update(given)
+        origins.append("options " + ",".join(sorted(given)))
+    missing = [f for f in CARD_FIELDS if f not in merged]
+    if missing:
+        where = " + ".join(origins) if origins else "nothing (no metadata, no card, no options)"
+        raise ModelSpecError(
+            f"{source}: cannot tell how to preprocess this model: missing {missing} "
+            f"(read from {where}). Give a model card with --model-card CARD.json, e.g. "
+            '{"class_names": [...], "image_size": [H, W], "channels": 3, "layout": "NCHW", '
+            '"scale": 255, "mean": [...], "std": [...], "output": "logits"}, '
+            "or the matching options (--class-names, --image-size, ...)."
+        )
+    return ModelCard.from_dict(merged, source=" + ".join(origins)), " + ".join(origins)
+
+
+def file_sha256(paths: Sequence[Path]) -> str:
+    """SHA-256 over the bytes of ``paths`` in the given order (the model and its external data)."""
+    digest = hashlib.sha256()
+    for p in paths:
+        with p.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, element type and shape (ints or symbolic names) of a graph input/output."""
+
+    name: str
+    type: str
+    shape: tuple[int | str | None, ...]
+
+
+def _external_data_files(model_path: Path, graph: Any) -> list[Path]:
+    """External data files the model references, checked to stay inside the model's folder."""
+    import onnx
+
+    folder = model_path.parent.resolve()
+    files: set[Path] = set()
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                tensors.append(attr.t)
+    for tensor in tensors:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        rel = Path(location)
+        target = (folder / rel).resolve()
+        if rel.is_absolute() or ".." in rel.parts or folder not in target.parents:
+            raise ModelSpecError(
+                f"{model_path}: external data location {location!r} of tensor {tensor.name!r} "
+                "must be a relative path inside the model's folder"
+            )
+        if not target.is_file():
+            raise ModelSpecError(f"{model_path}: external data file {location!r} not found")
+        files.add(target)
+    return sorted(files)
+
+
+class OnnxClassifier:
+    """One ONNX image classifier, one long-lived ONNX Runtime session.
+
+    Parameters
+    ----------
+    path
+        The ``.onnx`` file.
+    card_file
+        Optional model card file (JSON/TOML) that overrides the ONNX metadata.
+    overrides
+        Optional card fields (e.g. from CLI options) that override both.
+    device
+        ``"auto"`` (CUDA when ONNX Runtime can really create it, else CPU, saying so),
+        ``"cpu"`` or ``"cuda"`` (fails with :class:`DeviceUnavailableError` when it cannot).
+    threads
+        ONNX Runtime intra-op threads (``None``: ONNX Runtime's default).
+
+    Attributes
+    ----------
+    card : ModelCard
+    sha256 : str
+        Fingerprint of the model file (and its external data files).
+    input, output : TensorInfo
+    fixed_batch : int or None
+        The batch size the graph requires, or ``None`` for a dynamic batch axis.
+    device : str
+        ``"cpu"`` or ``"cuda"``: what the session really runs on.
+    device_note : str
+        Human-readable account of how the device was chosen.
+    n_forward : int
+        Number of images passed through the session so far (for benchmarks and tests).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        card_file: str | Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+    ) -> None:
+        import onnx
+
+        self.path = Path(path)
+        if device not in DEVICES:
+            raise ModelSpecError(f"unknown device {device!r}; choose one of {list(DEVICES)}")
+        if not self.path.is_file():
+            raise ModelSpecError(f"{self.path}: model file not found")
+        size = self.path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelSpecError(
+                f"{self.path}: {size} bytes exceeds the model size limit of {MAX_MODEL_BYTES} bytes"
+            )
+        try:
+            proto = onnx.load(str(self.path), load_external_data=False)
+        except Exception as exc:  # onnx raises DecodeError, ValueError, ... for non-ONNX files
+            raise ModelSpecError(f"{self.path}: not a readable ONNX model ({exc})") from exc
+        if not proto.graph.node:
+            raise ModelSpecError(f"{self.path}: not a readable ONNX model (the graph has no nodes)")
+        external = _external_data_files(self.path, proto.graph)
+        total = size + sum(p.stat().st_size for p in external)
+        if total > MAX_MODEL_BYTES:
+            raise ModelSpecError(
+                f"{self.path}: model with external data is {total} bytes, over the limit of "
+                f"{MAX_MODEL_BYTES} bytes"
+            )
+        self.metadata: dict[str, str] = {p.key: p.value for p in proto.metadata_props}
+        self.opsets = {imp.domain or "ai.onnx": imp.version for imp in proto.opset_import}
+        self.producer = f"{proto.producer_name} {proto.producer_version}".strip()
+        self.sha256 = file_sha256([self.path, *external])
+        self.card, self.card_source = resolve_card(
+            self.metadata, card_file, overrides, source=str(self.path)
+        )
+        del proto
+        self._session, self.device, self.device_note = _make_session(self.path, device, threads)
+        self.providers: list[str] = list(self._session.get_providers())
+        self.input, self.output = self._check_io()
+        batch = self.input.shape[0]
+        self.fixed_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
+        self._np_dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
+        self.n_forward = 0
+        c = self.card.channels
+        self._mean = np.asarray(self.card.mean, dtype=np.float32).reshape(1, 1, c)
+        self._std = np.asarray(self.card.std, dtype=np.float32).reshape(1, 1, c)
+
+    # -- graph checks -------------------------------------------------------------------------
+    def _check_io(self) -> tuple[TensorInfo, TensorInfo]:
+        inputs = [TensorInfo(i.name, i.type, tuple(i.shape)) for i in self._session.get_inputs()]
+        outputs = [TensorInfo(o.name, o.type, tuple(o.shape)) for o in self._session.get_outputs()]
+        where = str(self.path)
+        if len(inputs) != 1:
+            raise ModelSpecError(
+                f"{where}: expected exactly one image input, found {len(inputs)}: "
+                f"{[(i.name, i.shape) for i in inputs]}"
+            )
+        inp = inputs[0]
+        if inp.type not in ("tensor(float)", "tensor(float16)"):
+            raise ModelSpecError(
+                f"{where}: input {inp.name!r} has type {inp.type}; expected a float image tensor"
+            )
+        if len(inp.shape) != 4:
+            raise ModelSpecError(
+                f"{where}: input {inp.name!r} has shape {list(inp.shape)}; expected a rank-4 "
+                f"image batch ({self.card.layout})"
+            )
+        card = self.card
+        h, w = card.image_size
+        expected = (card.channels, h, w) if card.layout == "NCHW" else (h, w, card.channels)
+        for axis, (got, want) in enumerate(zip(inp.shape[1:], expected, strict=True), start=1):
+            if isinstance(got, int) and got > 0 and got != want:
+                raise ModelSpecError(
+                    f"{where}: input {inp.name!r} has shape {list(inp.shape)}, but the model card "
+                    f"({self.card_source}) describes {card.layout} with channels={card.channels}, "
+                    f"image_size={list(card.image_size)}: axis {axis} is {got}, expected {want}"
+                )
+        if not outputs:
+            raise ModelSpecError(f"{where}: the model has no outputs")
+        out = outputs[0]
+        k = len(card.class_names)
+        if len(out.shape) != 2:
+            raise ModelSpecError(
+                f"{where}: output {out.name!r} has shape {list(out.shape)}; expected "
+                f"(batch, {k}) scores, one per class"
+            )
+        if isinstance(out.shape[1], int) and out.shape[1] != k:
+            raise ModelSpecError(
+                f"{where}: output {out.name!r} has {out.shape[1]} classes but the model card names "
+                f"{k}: {list(card.class_names)}"
+            )
+        return inp, out
+
+    # -- preprocessing ------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[CanonicalImage]) -> NDArray[np.float32]:
+        """Canonical images -> normalised model input batch.
+
+        Parameters
+        ----------
+        images : sequence of ndarray, each (H_i, W_i, C_i), float32 on the 8-bit scale
+
+        Returns
+        -------
+        ndarray, shape (N, C, H, W), float32
+            Always NCHW; :meth:`logits` converts to the model's own layout.
+        """
+        card = self.card
+        batch = np.empty((len(images), card.channels, *card.image_size), dtype=np.float32)
+        for i, image in enumerate(images):
+            if image.ndim != 3:
+                raise ValueError(f"expected a canonical (H, W, C) image, got shape {image.shape}")
+            x = resize(to_channels(image, card.channels), card.image_size)
+            x = (x / np.float32(card.scale) - self._mean) / self._std
+            batch[i] = x.transpose(2, 0, 1)
+        return batch
+
+    # -- inference ----------------------------------------------------------------------------
+    def logits(self, x: NDArray[np.floating]) -> NDArray[np.float64]:
+        """Scores on the logit scale for a batch, in as few session runs as the graph allows.
+
+        Parameters
+        ----------
+        x : ndarray, shape (N, C, H, W)
+
+        Returns
+        -------
+        ndarray, shape (N, K), float64
+            Logits; a model that outputs probabilities is mapped back with ``logit(p)``
+            (probabilities clipped to [1e-12, 1 - 1e-12]).
+        """
+        n = x.shape[0]
+        if self.card.layout == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
+        x = np.ascontiguousarray(x, dtype=self._np_dtype)
+        if self.fixed_batch is None:
+            out = self._run(x)
+        else:
+            b = self.fixed_batch
+            parts = []
+            for start in range(0, n, b):
+                chunk = x[start : start + b]
+                m = chunk.shape[0]
+                if m < b:  # pad a short last batch with copies of its first row
+                    chunk = np.concatenate([chunk, np.repeat(chunk[:1], b - m, axis=0)])
+                parts.append(self._run(chunk)[:m])
+            out = np.concatenate(parts) if parts else np.empty((0, len(self.card.class_names)))
+        self.n_forward += n
+        out = out.astype(np.float64)
+        if self.card.output == "probabilities":
+            p = np.clip(out, _PROB_EPS, 1.0 - _PROB_EPS)
+            out = np.log(p) - np.log1p(-p)
+        return out
+
+    def _run(self, x: NDArray[Any]) -> NDArray[Any]:
+        result = self._session.run([self.output.name], {self.input.name: x})[0]
+        k = len(self.card.class_names)
+        if result.ndim != 2 or result.shape != (x.shape[0], k):
+            raise ModelSpecError(
+                f"{self.path}: output {self.output.name!r} returned shape {result.shape}, "
+                f"expected ({x.shape[0]}, {k})"
+            )
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """Everything ``informer-audit info`` shows, as plain data."""
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "producer": self.producer,
+            "opsets": self.opsets,
+            "input": {"name": self.input.name, "type": self.input.type, "shape": self.input.shape},
+            "output": {
+                "name": self.output.name,
+                "type": self.output.type,
+                "shape": self.output.shape,
+            },
+            "batch": "dynamic" if self.fixed_batch is None else f"fixed {self.fixed_batch}",
+            "card": self.card.to_dict(),
+            "card_source": self.card_source,
+            "providers": self.providers,
+            "device": self.device,
+            "device_note": self.device_note,
+            "metadata_keys": sorted(self.metadata),
+        }
+
+
+def _make_session(path: Path, device: str, threads: int | None) -> tuple[Any, str, str]:
+    import onnxruntime as ort
+
+    def options(quiet: bool) -> Any:
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        so.log_severity_level = 4 if quiet else 3
+        return so
+
+    def create(providers: list[str], quiet: bool) -> Any:
+        try:
+            if quiet:
+                # Silence the provider bridge's own error print while probing for CUDA; we
+                # report the outcome ourselves.
+                ort.set_default_logger_severity(4)
+            return ort.InferenceSession(str(path), sess_options=options(quiet), providers=providers)
+        except Exception as exc:  # ORT raises Fail/InvalidGraph/... from its C++ core
+            raise ModelSpecError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
+        finally:
+            if quiet:
+                ort.set_default_logger_severity(2)
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return create(["CPUExecutionProvider"], False), "cpu", "CPU (requested)"
+    if "CUDAExecutionProvider" not in available:
+        if device == "cuda":
+            raise DeviceUnavailableError(
+                "--device cuda: this ONNX Runtime build has no CUDAExecutionProvider "
+                f"(available: {available}); install onnxruntime-gpu, or use --device cpu"
+            )
+        return (
+            create(["CPUExecutionProvider"], False),
+            "cpu",
+            "CPU (this ONNX Runtime build has no CUDA provider)",
+        )
+    session = create(["CUDAExecutionProvider", "CPUExecutionProvider"], True)
+    # ORT falls back to CPU silently when the CUDA libraries are missing: check what it made.
+    if session.get_providers()[0] == "CUDAExecutionProvider":
+        return session, "cuda", f"CUDA ({'requested' if device == 'cuda' else 'auto'})"
+    if device == "cuda":
+        raise DeviceUnavailableError(
+            "--device cuda: ONNX Runtime could not create the CUDA execution provider on this "
+            "machine (no GPU, or the CUDA/cuDNN libraries onnxruntime-gpu needs are missing); "
+            "use --device cpu or --device auto"
+        )
+    del session
+    return (
+        create(["CPUExecutionProvider"], False),
+        "cpu",
+        "CPU (auto: CUDA provider present but could not be created on this machine)",
+    )

@@ -1,0 +1,536 @@
+"""Scores -> per-class thresholds (METHOD.md sections 1 and 4) and the monitor file.
+
+:class:`FlagMonitor` follows scikit-learn's estimator contract: hyperparameters in ``__init__``,
+``fit`` returns ``self``, fitted attributes end in ``_``, :class:`NotFittedError` before fit, the
+raw score kept apart from the decision. It fits, per class,
+
+* the prediction threshold ``t_k``: the Youden-optimal ROC threshold of ``p_k`` (argmax of
+  TPR - FPR; ties go to the highest threshold *(ours)*), ``y_hat_k = 1[p_k >= t_k]``;
+* the flag threshold ``tau_k``: on the grid ``0, step, 2 step, ...`` up to the first grid value
+  at or above the largest score, the value whose flags, once swapped
+  (``y_hat' = 1 - y_hat`` where flagged), give the highest F1; ties go to the ``tau`` that
+  flags fewest *(ours)*, so ``tau = 0`` (flag nothing) wins unless something beats it.
+
+INFORMER flags when ``d_k < tau_k`` (``direction="below"``); the baselines of section 5 reuse the
+same machinery with ``direction="above"`` (entropy, TTA spread). The monitor is saved as versioned
+JSON bound to the model's fingerprint and settings, never pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import __version__
+from .errors import MonitorFormatError, MonitorMismatchError, NotFittedError
+
+MONITOR_FORMAT = "informer-audit-monitor"
+SCHEMA_VERSION = 1
+DIRECTIONS = ("below", "above")
+
+_NEVER = math.nextafter(1.0, 2.0)
+"""Prediction threshold that no probability reaches (Youden's optimum was 'predict nothing')."""
+
+
+# -- prediction thresholds ----------------------------------------------------------------------
+def youden_threshold(y: NDArray[np.floating], p: NDArray[np.floating]) -> float | None:
+    """Youden-optimal threshold of one class.
+
+    Parameters
+    ----------
+    y : ndarray, shape (N,)
+        0/1 labels.
+    p : ndarray, shape (N,)
+        Probabilities (any score on which ``p >= t`` predicts positive).
+
+    Returns
+    -------
+    float or None
+        The ROC threshold maximising TPR - FPR (the highest one among ties), or ``None`` when
+        ``y`` has no positives or no negatives (the ROC curve is undefined).
+    """
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(y, dtype=float)
+    if y.size == 0 or y.min() == y.max():
+        return None
+    fpr, tpr, thresholds = roc_curve(y, np.asarray(p, dtype=float), drop_intermediate=False)
+    # Compare J = TP/P - FP/N exactly, as the integer TP*N - FP*P: in floats, equal J values
+    # (e.g. 2/3 - 0 and 1 - 1/3) differ in the last bit and would break the tie rule.
+    n_pos = int(y.sum())
+    n_neg = int(y.size - n_pos)
+    tps = np.rint(tpr * n_pos).astype(np.int64)
+    fps = np.rint(fpr * n_neg).astype(np.int64)
+    best = int(np.argmax(tps * n_neg - fps * n_pos))  # first maximum = highest threshold
+    t = float(thresholds[best])
+    return _NEVER if not math.isfinite(t) else t
+
+
+# -- flag thresholds ----------------------------------------------------------------------------
+def _confusion(y: NDArray[np.bool_], yhat: NDArray[np.bool_]) -> tuple[int, int, int, int]:
+    tp = int(np.sum(y & yhat))
+    fp = int(np.sum(~y & yhat))
+    fn = int(np.sum(y & ~yhat))
+    tn = int(np.sum(~y & ~yhat))
+    return tp, fp, fn, tn
+
+
+def f1_from_counts(tp: Any, fp: Any, fn: Any) -> Any:
+    """F1 = 2TP / (2TP + FP + FN); NaN where undefined (no positives, none predicted)."""
+    tp, fp, fn = (np.asarray(v, dtype=float) for v in (tp, fp, fn))
+    denom = 2 * tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan)
+
+
+def threshold_grid(scores: NDArray[np.floating], step: float) -> NDArray[np.float64]:
+    """``0, step, 2 step, ...`` up to the first grid value at or above ``max(scores)``.
+
+    Grid values are computed as ``j * step`` (integers times the step), not by accumulation.
+    """
+    top = float(np.max(scores)) if np.size(scores) else 0.0
+    n = max(0, math.ceil(round(top / step, 9)))
+    return np.arange(n + 1, dtype=np.float64) * step
+
+
+def scan_flag_thresholds(
+    y: NDArray[np.floating],
+    yhat: NDArray[np.floating],
+    scores: NDArray[np.floating],
+    *,
+    step: float = 0.001,
+    direction: str = "below",
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
+    """F1 after swapping, for every threshold of the grid.
+
+    Parameters
+    ----------
+    y, yhat : ndarray, shape (N,)
+        Labels and predictions (0/1) of one class.
+    scores : ndarray, shape (N,)
+        The monitor's raw score (``d_k`` for INFORMER).
+    step : float
+        Grid step.
+    direction : {"below", "above"}
+        Flag when ``score < tau`` or when ``score > tau``.
+
+    Returns
+    -------
+    taus, f1, n_flags : ndarrays, shape (G,)
+        The grid, F1 after swapping the flagged predictions (NaN where undefined), and the
+        number of flagged images at each threshold.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    y_b = np.asarray(y) > 0.5
+    yhat_b = np.asarray(yhat) > 0.5
+    s = np.asarray(scores, dtype=np.float64)
+    taus = threshold_grid(s, step)
+    order = np.argsort(s, kind="stable")
+    s_sorted = s[order]
+    if direction == "below":
+        n_flags = np.searchsorted(s_sorted, taus, side="left")  # #{s < tau}
+        seq = order  # flagged set = the n lowest scores
+    else:
+        n_flags = len(s) - np.searchsorted(s_sorted, taus, side="right")  # #{s > tau}
+        seq = order[::-1]  # flagged set = the n highest scores
+    # Cumulative counts over the flagging order, so each grid point costs O(1): a swap turns
+    # flagged TP into FN, FN into TP, FP into TN and TN into FP.
+    tp0, fp0, fn0, _ = _confusion(y_b, yhat_b)
+    zero = np.zeros(1, dtype=np.int64)
+    c_tp = np.concatenate([zero, np.cumsum(y_b[seq] & yhat_b[seq])])
+    c_fp = np.concatenate([zero, np.cumsum(~y_b[seq] & yhat_b[seq])])
+    c_fn = np.concatenate([zero, np.cumsum(y_b[seq] & ~yhat_b[seq])])
+    c_tn = np.concatenate([zero, np.cumsum(~y_b[seq] & ~yhat_b[seq])])
+    tp = tp0 - c_tp[n_flags] + c_fn[n_flags]
+    fp = fp0 - c_fp[n_flags] + c_tn[n_flags]
+    fn = fn0 - c_fn[n_flags] + c_tp[n_flags]
+    return taus, f1_from_counts(tp, fp, fn), n_flags.astype(np.int64)
+
+
+def best_flag_threshold(
+    y: NDArray[np.floating],
+    yhat: NDArray[np.floating],
+    scores: NDArray[np.floating],
+    *,
+    step: float = 0.001,
+    direction: str = "below",
+) -> float:
+    """The grid threshold with the highest F1 after swapping; ties flag fewest.
+
+    Returns the threshold that flags nothing (0 for ``below``, the top of the grid for
+    ``above``) when no threshold beats it, and when F1 is undefined (no positive labels).
+    """
+    taus, f1, n_flags = scan_flag_thresholds(y, yhat, scores, step=step, direction=direction)
+    nothing = float(taus[0] if direction == "below" else taus[-1])
+    if not np.isfinite(f1).any():
+        return nothing
+    f1 = np.where(np.isfinite(f1), f1, -np.inf)
+    best = f1.max()
+    # Equal rationals computed from different counts can differ in the last bit.
+    candidates = np.flatnonzero(f1 >= best - 1e-12)
+    fewest = n_flags[candidates].min()
+    candidates = candidates[n_flags[candidates] == fewest]
+    # Among thresholds that flag the same images, keep the one nearest "flag nothing".
+    pick = candidates[0] if direction == "below" else candidates[-1]
+    return float(taus[pick])
+
+
+# -- the estimator ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClassFit:
+    """What the calibration set showed for one class (for tables and the monitor file)."""
+
+    name: str
+    n: int
+    n_pos: int
+    prediction_threshold: float
+    flag_threshold: float
+    n_flags: int
+    f1_before: float
+    f1_after: float
+    sensitivity_before: float
+    sensitivity_after: float
+    specificity_before: float
+    specificity_after: float
+    note: str = ""
+
+
+def _rates(y: NDArray[np.bool_], yhat: NDArray[np.bool_]) -> tuple[float, float, float]:
+    tp, fp, fn, tn = _confusion(y, yhat)
+    f1 = float(f1_from_counts(tp, fp, fn))
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    return f1, sens, spec
+
+
+class FlagMonitor:
+    """Per-class prediction and flag thresholds on one raw score.
+
+    Parameters
+    ----------
+    method : str
+        Name of the score (``"informer"`` for class distinctiveness ``d``).
+    direction : {"below", "above"}
+        Flag when the score is below (INFORMER: low distinctiveness) or above the threshold.
+    grid_step : float
+        Step of the threshold grid (0.001 in the paper).
+
+    Attributes
+    ----------
+    class_names_ : list of str, length K
+    prediction_thresholds_ : ndarray, shape (K,)
+    flag_thresholds_ : ndarray, shape (K,)
+    fits_ : list of ClassFit
+    """
+
+    def __init__(
+        self, method: str = "informer", direction: str = "below", grid_step: float = 0.001
+    ) -> None:
+        self.method = method
+        self.direction = direction
+        self.grid_step = grid_step
+
+    def _check_params(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if not (self.grid_step > 0 and math.isfinite(self.grid_step)):
+            raise ValueError(f"grid_step must be a positive number, got {self.grid_step}")
+
+    def fit(
+        self,
+        scores: NDArray[np.floating],
+        y: NDArray[np.floating],
+        probs: NDArray[np.floating],
+        class_names: Sequence[str],
+    ) -> FlagMonitor:
+        """Fit prediction thresholds on ``probs`` and flag thresholds on ``scores``.
+
+        Parameters
+        ----------
+        scores : ndarray, shape (N, K)
+            Raw monitor score per image and class (``d`` for INFORMER).
+        y : ndarray, shape (N, K)
+            Labels 0/1; NaN where an image has no label for a class (left out of that class).
+        probs : ndarray, shape (N, K)
+            The model's probabilities.
+        class_names : sequence of str, length K
+        """
+        self._check_params()
+        scores, y, probs = (np.asarray(a, dtype=np.float64) for a in (scores, y, probs))
+        if not (scores.shape == y.shape == probs.shape) or scores.ndim != 2:
+            raise ValueError(
+                f"scores, y and probs must share one (N, K) shape, got {scores.shape}, "
+                f"{y.shape}, {probs.shape}"
+            )
+        k = scores.shape[1]
+        if len(class_names) != k:
+            raise ValueError(f"{len(class_names)} class names for {k} columns")
+        pred_t = np.empty(k)
+        flag_t = np.empty(k)
+        fits = []
+        for j in range(k):
+            keep = np.isfinite(y[:, j])
+            yj, pj, sj = y[keep, j] > 0.5, probs[keep, j], scores[keep, j]
+            note = ""
+            t = youden_threshold(yj, pj)
+            if t is None:
+                t = 0.5
+                what = "positive" if not yj.any() else "negative"
+                note = f"no {what} labels among {len(yj)}: prediction threshold 0.5"
+            yhat = pj >= t
+            tau = best_flag_threshold(
+                yj, yhat, sj, step=self.grid_step, direction=self.direction
+            )
+            if not yj.any():
+                note += "; F1 undefined, nothing flagged"
+            flagged = self._flag_column(sj, tau)
+            audited = yhat ^ flagged
+            f1_b, sens_b, spec_b = _rates(yj, yhat)
+            f1_a, sens_a, spec_a = _rates(yj, audited)
+            pred_t[j], flag_t[j] = t, tau
+            fits.append(
+                ClassFit(
+                    str(class_names[j]), int(len(yj)), int(yj.sum()), t, tau,
+                    int(flagged.sum()), f1_b, f1_a, sens_b, sens_a, spec_b, spec_a, note,
+                )
+            )
+        self.class_names_ = [str(c) for c in class_names]
+        self.prediction_thresholds_ = pred_t
+        self.flag_thresholds_ = flag_t
+        self.fits_ = fits
+        return self
+
+    def _flag_column(self, s: NDArray[np.float64], tau: float) -> NDArray[np.bool_]:
+        return s < tau if self.direction == "below" else s > tau
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "flag_thresholds_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet; call fit() or load a monitor file"
+            )
+
+    def predict(self, probs: NDArray[np.floating]) -> NDArray[np.bool_]:
+        """The model's predictions, ``probs >= t_k``; shape (N, K) -> (N, K) bool."""
+        self._check_fitted()
+        return np.asarray(probs, dtype=np.float64) >= self.prediction_thresholds_
+
+    def decision_function(self, scores: NDArray[np.floating]) -> NDArray[np.float64]:
+        """Signed margin to the flag threshold; positive means flagged. (N, K) -> (N, K)."""
+        self._check_fitted()
+        s = np.asarray(scores, dtype=np.float64)
+        return self.flag_thresholds_ - s if self.direction == "below" else s - self.flag_thresholds_
+
+    def flag(self, scores: NDArray[np.floating]) -> NDArray[np.bool_]:
+        """Which predictions are flagged; shape (N, K) -> (N, K) bool."""
+        self._check_fitted()
+        s = np.asarray(scores, dtype=np.float64)
+        return s < self.flag_thresholds_ if self.direction == "below" else s > self.flag_thresholds_
+
+    def audit(
+        self, probs: NDArray[np.floating], scores: NDArray[np.floating]
+    ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.bool_]]:
+        """Predictions, flags and audited predictions (flagged ones swapped), each (N, K) bool."""
+        yhat = self.predict(probs)
+        flags = self.flag(scores)
+        return yhat, flags, yhat ^ flags
+
+    # -- (de)serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {
+            "method": self.method,
+            "direction": self.direction,
+            "grid_step": self.grid_step,
+            "classes": [
+                {
+                    "name": f.name,
+                    "prediction_threshold": float(self.prediction_thresholds_[j]),
+                    "flag_threshold": float(self.flag_thresholds_[j]),
+                    "calibration": {k: _json_float(v) for k, v in asdict(f).items()
+                                    if k not in ("name", "prediction_threshold",
+                                                 "flag_threshold")},
+                }
+                for j, f in enumerate(self.fits_)
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "monitor") -> FlagMonitor:
+        try:
+            mon = cls(str(data["method"]), str(data["direction"]), float(data["grid_step"]))
+            mon._check_params()
+            classes = data["classes"]
+            if not isinstance(classes, list) or not classes:
+                raise TypeError("'classes' must be a non-empty list")
+            names, pred_t, flag_t, fits = [], [], [], []
+            for entry in classes:
+                name = entry["name"]
+                if not isinstance(name, str):
+                    raise TypeError("class 'name' must be a string")
+                t, tau = float(entry["prediction_threshold"]), float(entry["flag_threshold"])
+                if not (math.isfinite(t) and math.isfinite(tau)):
+                    raise ValueError(f"class {name!r}: thresholds must be finite numbers")
+                cal = dict(entry.get("calibration", {}))
+                names.append(name)
+                pred_t.append(t)
+                flag_t.append(tau)
+                fits.append(
+                    ClassFit(name=name, prediction_threshold=t, flag_threshold=tau,
+                             **{k: _from_json_float(v) for k, v in cal.items()})
+                )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MonitorFormatError(
+                f"{source}: not a valid monitor (schema {MONITOR_FORMAT} v{SCHEMA_VERSION}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        mon.class_names_ = names
+        mon.prediction_thresholds_ = np.asarray(pred_t)
+        mon.flag_thresholds_ = np.asarray(flag_t)
+        mon.fits_ = fits
+        return mon
+
+
+def _json_float(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no NaN; null means "undefined" (e.g. F1 with no positives)
+    return v
+
+
+def _from_json_float(v: Any) -> Any:
+    return float("nan") if v is None else v
+
+
+# -- the monitor file ---------------------------------------------------------------------------
+def save_monitor(
+    path: str | Path,
+    monitor: FlagMonitor,
+    binding: Mapping[str, Any],
+    calibration: Mapping[str, Any] | None = None,
+) -> None:
+    """Write the monitor as JSON, atomically (temp file + rename).
+
+    Parameters
+    ----------
+    binding
+        What the monitor is valid for: ``model_sha256``, ``class_names`` (model outputs),
+        ``audited_classes``, ``preprocessing`` (model card) and ``saliency`` settings.
+    calibration
+        Provenance of the fit (number of images, label file, failures).
+    """
+    doc = {
+        "format": MONITOR_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "binding": dict(binding),
+        "monitor": monitor.to_dict(),
+        "calibration": dict(calibration or {}),
+    }
+    atomic_write_text(Path(path), json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def load_monitor(path: str | Path) -> tuple[FlagMonitor, dict[str, Any], dict[str, Any]]:
+    """Read a monitor file.
+
+    Returns
+    -------
+    (FlagMonitor, binding, calibration)
+
+    Raises
+    ------
+    MonitorFormatError
+        Missing, truncated or hand-edited files, another format or schema version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MonitorFormatError(f"{path}: monitor file not found")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MonitorFormatError(
+            f"{path}: not valid monitor JSON (truncated or edited?): {exc}"
+        ) from exc
+    if not isinstance(doc, dict) or doc.get("format") != MONITOR_FORMAT:
+        raise MonitorFormatError(
+            f"{path}: not an informer-audit monitor (expected \"format\": \"{MONITOR_FORMAT}\")"
+        )
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise MonitorFormatError(
+            f"{path}: monitor schema_version {version!r} is not supported; this informer-audit "
+            f"{__version__} reads schema_version {SCHEMA_VERSION}. Re-run calibrate."
+        )
+    binding = doc.get("binding")
+    required = ("model_sha256", "class_names", "audited_classes", "preprocessing", "saliency")
+    if not isinstance(binding, dict) or any(k not in binding for k in required):
+        raise MonitorFormatError(f"{path}: the monitor's 'binding' must hold {list(required)}")
+    if not isinstance(doc.get("monitor"), dict):
+        raise MonitorFormatError(f"{path}: the monitor has no 'monitor' object")
+    monitor = FlagMonitor.from_dict(doc["monitor"], source=str(path))
+    if monitor.class_names_ != list(binding["audited_classes"]):
+        raise MonitorFormatError(
+            f"{path}: monitor classes {monitor.class_names_} differ from the bound audited "
+            f"classes {binding['audited_classes']}"
+        )
+    return monitor, binding, dict(doc.get("calibration") or {})
+
+
+def check_binding(
+    found: Mapping[str, Any], expected: Mapping[str, Any], source: str = "monitor"
+) -> None:
+    """Refuse a monitor fitted for another model or other settings.
+
+    Compares field by field (nested objects included) and names the first field that differs.
+    """
+    diffs = _diff(found, expected, "")
+    if diffs:
+        field_name, was, now = diffs[0]
+        more = f" (and {len(diffs) - 1} more difference(s))" if len(diffs) > 1 else ""
+        raise MonitorMismatchError(
+            f"{source} was fitted for other settings: {field_name} is {was!r} in the monitor but "
+            f"{now!r} for this run{more}. Re-run calibrate for this model and these settings."
+        )
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list[tuple[str, Any, Any]]:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for key in list(a) + [k for k in b if k not in a]:
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in a or key not in b:
+                out.append((name, a.get(key, "<absent>"), b.get(key, "<absent>")))
+            else:
+                out.extend(_diff(a[key], b[key], name))
+        return out
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return [] if list(a) == list(b) else [(prefix, list(a), list(b))]
+    if isinstance(a, float | int) and isinstance(b, float | int):
+        return [] if float(a) == float(b) else [(prefix, a, b)]
+    return [] if a == b else [(prefix, a, b)]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
