@@ -1,0 +1,221 @@
+"""The CLI end to end on a tiny test-built model: exit codes, outputs, refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_images
+from informer_audit.cli import cli
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_model):
+    model, _ = tiny_model(classes=("A", "B", "C"), size=16, hidden=5, seed=1)
+    paths = write_images(tmp_path / "val" / "imgs", 24, size=20, seed=2)
+    rng = np.random.default_rng(4)
+    labels = tmp_path / "val" / "labels.csv"
+    with labels.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "A", "B", "C", "age"])
+        for p in paths:
+            w.writerow([f"imgs/{p.name}", *rng.integers(0, 2, 3), 50])
+    audit = tmp_path / "audit"
+    write_images(audit, 5, size=24, seed=5)
+    write_images(audit / "sub", 2, size=18, seed=6, mode="RGB")
+    return {"model": model, "val": tmp_path / "val", "labels": labels, "audit": audit,
+            "tmp": tmp_path}
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result
+
+
+def calibrate(s, *extra, out="monitor.json"):
+    return invoke(
+        "calibrate", s["model"], "--images", s["val"], "--labels", s["labels"],
+        "-o", s["tmp"] / out, "--patch-size", 8, "--device", "cpu", *extra,
+    )
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_info_shows_model(setup):
+    r = invoke("info", setup["model"], "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    for text in ("A, B, C", "NCHW", "CPUExecutionProvider", "dynamic", "ONNX metadata"):
+        assert text in r.output
+    j = invoke("info", setup["model"], "--json")
+    assert j.exit_code == 0
+    assert json.loads(j.output)["card"]["class_names"] == ["A", "B", "C"]
+
+
+def test_info_without_preprocessing_is_refused(tmp_path, tiny_model):
+    model, _ = tiny_model(metadata=False, name="bare.onnx")
+    r = invoke("info", model)
+    assert r.exit_code == 2
+    assert "cannot tell how to preprocess" in r.output and "--model-card" in r.output
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({
+        "class_names": ["x", "y", "z"], "image_size": [16, 16], "channels": 3,
+        "layout": "NCHW", "scale": 255, "mean": [0.5], "std": [0.25], "output": "logits",
+    }))
+    ok = invoke("info", model, "--model-card", card)
+    assert ok.exit_code == 0 and "x, y, z" in ok.output
+
+
+def test_calibrate_then_flag(setup):
+    r = calibrate(setup, "--scores-csv", setup["tmp"] / "scores.csv")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((setup["tmp"] / "monitor.json").read_text())
+    assert doc["schema_version"] == 1
+    assert doc["binding"]["audited_classes"] == ["A", "B", "C"]
+    assert doc["binding"]["saliency"] == {
+        "name": "fd", "patch_size": 8, "scheme": "central", "step": 0.001
+    }
+    assert doc["calibration"]["n_images"] == 24
+    assert "F1 before" in r.output
+    scores = read_rows(setup["tmp"] / "scores.csv")
+    assert len(scores) == 24 and "dist_A|B" in scores[0]
+
+    out = setup["tmp"] / "flags.csv"
+    f = invoke("flag", setup["model"], "--monitor", setup["tmp"] / "monitor.json",
+               "--images", setup["audit"], "-o", out, "--device", "cpu")
+    assert f.exit_code == 0, f.output
+    rows = read_rows(out)
+    assert len(rows) == 7  # recursive: 5 + 2 in sub/
+    assert list(rows[0])[:8] == ["path", "status", "error", "prob_A", "pred_A", "d_A", "flag_A",
+                                 "audited_A"]
+    classes = doc["monitor"]["classes"]
+    for row in rows:
+        assert row["status"] == "ok"
+        for c in classes:
+            name = c["name"]
+            pred = float(row[f"prob_{name}"]) >= c["prediction_threshold"]
+            flag = float(row[f"d_{name}"]) < c["flag_threshold"]
+            assert int(row[f"pred_{name}"]) == pred
+            assert int(row[f"flag_{name}"]) == flag
+            assert int(row[f"audited_{name}"]) == (pred ^ flag)
+            assert 0 <= float(row[f"d_{name}"]) <= 4
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_flag_records_a_bad_file_and_goes_on(setup):
+    assert calibrate(setup).exit_code == 0
+    (setup["audit"] / "broken.png").write_bytes(b"not an image at all")
+    (setup["audit"] / "empty.jpg").write_bytes(b"")
+    out = setup["tmp"] / "flags.csv"
+    f = invoke("flag", setup["model"], "--monitor", setup["tmp"] / "monitor.json",
+               "--images", setup["audit"], "-o", out)
+    assert f.exit_code == 1
+    rows = {Path(r["path"]).relative_to(setup["audit"]).as_posix(): r for r in read_rows(out)}
+    assert len(rows) == 9 and "sub/img_000.png" in rows
+    assert rows["broken.png"]["status"] == "failed" and "broken.png" in rows["broken.png"]["error"]
+    assert "empty" in rows["empty.jpg"]["error"]
+    assert rows["img_000.png"]["status"] == "ok"
+    assert "2 file(s) failed" in f.output
+
+
+def test_calibrate_records_missing_and_corrupt_images(setup):
+    with setup["labels"].open("a", newline="") as fh:
+        csv.writer(fh).writerow(["imgs/missing.png", 1, 0, 1, 40])
+    (setup["val"] / "imgs" / "img_003.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    r = calibrate(setup)
+    assert r.exit_code == 1, r.output
+    assert "missing.png" in r.output and "img_003.png" in r.output
+    doc = json.loads((setup["tmp"] / "monitor.json").read_text())
+    assert doc["calibration"]["n_images"] == 23 and doc["calibration"]["n_failed"] == 2
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        (("--patch-size", 4), "saliency.patch_size"),
+        (("--fd-step", 0.01), "saliency.step"),
+        (("--saliency", "fd", "--fd-scheme", "forward"), "saliency.scheme"),
+    ],
+)
+def test_flag_refuses_other_saliency_settings(setup, extra, field):
+    assert calibrate(setup).exit_code == 0
+    f = invoke("flag", setup["model"], "--monitor", setup["tmp"] / "monitor.json",
+               "--images", setup["audit"], "-o", setup["tmp"] / "f.csv", *extra)
+    assert f.exit_code == 2
+    assert field in f.output
+    assert not (setup["tmp"] / "f.csv").exists()
+
+
+def test_flag_refuses_a_monitor_for_another_model(setup, tiny_model):
+    assert calibrate(setup).exit_code == 0
+    other, _ = tiny_model(classes=("A", "B", "C"), size=16, hidden=5, seed=99, name="other.onnx")
+    f = invoke("flag", other, "--monitor", setup["tmp"] / "monitor.json",
+               "--images", setup["audit"], "-o", setup["tmp"] / "f.csv")
+    assert f.exit_code == 2 and "model_sha256" in f.output
+
+
+def test_flag_refuses_other_preprocessing(setup, tmp_path):
+    assert calibrate(setup).exit_code == 0
+    f = invoke("flag", setup["model"], "--monitor", setup["tmp"] / "monitor.json",
+               "--images", setup["audit"], "-o", tmp_path / "f.csv", "--std", "0.5")
+    assert f.exit_code == 2 and "preprocessing.std" in f.output
+
+
+def test_flag_refuses_a_damaged_monitor(setup):
+    assert calibrate(setup).exit_code == 0
+    m = setup["tmp"] / "monitor.json"
+    m.write_text(m.read_text()[:100])
+    f = invoke("flag", setup["model"], "--monitor", m, "--images", setup["audit"],
+               "-o", setup["tmp"] / "f.csv")
+    assert f.exit_code == 2 and "not valid monitor JSON" in f.output
+
+
+def test_class_subset_and_mapping(setup):
+    text = setup["labels"].read_text().replace("path,A,B,C", "path,Alpha,B,C")
+    setup["labels"].write_text(text)
+    r = calibrate(setup, "--classes", "A=Alpha,C")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((setup["tmp"] / "monitor.json").read_text())
+    assert doc["binding"]["audited_classes"] == ["A", "C"]
+    assert doc["calibration"]["label_columns"] == {"A": "Alpha", "C": "C"}
+    f = invoke("flag", setup["model"], "--monitor", setup["tmp"] / "monitor.json",
+               "--images", setup["audit"], "-o", setup["tmp"] / "f.csv", "--with-matrix")
+    assert f.exit_code == 0
+    row = read_rows(setup["tmp"] / "f.csv")[0]
+    assert "prob_B" not in row and "dist_A|C" in row
+    # with two classes, d_A = d_C = the single pairwise distance
+    assert float(row["d_A"]) == pytest.approx(float(row["dist_A|C"]), rel=1e-6)
+
+
+def test_bad_labels_exit_2(setup):
+    setup["labels"].write_text("file_name,A\nx.png,1\n")
+    r = calibrate(setup)
+    assert r.exit_code == 2 and "labels.csv" in r.output
+
+
+def test_cuda_unavailable_exit_3(setup):
+    import onnxruntime as ort
+
+    from informer_audit.errors import DeviceUnavailableError
+    from informer_audit.model import OnnxClassifier
+
+    try:
+        OnnxClassifier(setup["model"], device="cuda")
+    except DeviceUnavailableError:
+        pass
+    else:
+        pytest.skip(f"a usable CUDA device exists here ({ort.get_device()})")
+    r = invoke("info", setup["model"], "--device", "cuda")
+    assert r.exit_code == 3 and "cuda" in r.output.lower()
+
+
+def test_unknown_saliency_is_a_usage_error(setup):
+    r = calibrate(setup, "--saliency", "nope")
+    assert r.exit_code == 2 and "nope" in r.output
