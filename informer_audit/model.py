@@ -81,12 +81,12 @@ class ModelCard:
             size = data["image_size"]
             if isinstance(size, int | float):
                 size = (size, size)
-            size_t = (int(size[0]), int(size[1]))
-            channels = int(data["channels"])
+            size_t = (_strict_int(size[0], "image_size"), _strict_int(size[1], "image_size"))
+            channels = _strict_int(data["channels"], "channels")
             scale = float(data["scale"])
             mean = tuple(float(v) for v in _as_list(data["mean"]))
             std = tuple(float(v) for v in _as_list(data["std"]))
-        except (TypeError, ValueError, IndexError, KeyError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
             raise ModelSpecError(f"{source}: malformed field value ({exc})") from exc
         layout, output = str(data["layout"]).upper(), str(data["output"]).lower()
         problems = []
@@ -141,6 +141,15 @@ class ModelCard:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+def _strict_int(value: Any, name: str) -> int:
+    """An integer, or a float with an integral value; refuses 16.7, True, "16"."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
@@ -151,13 +160,21 @@ def _read_card_file(path: Path) -> dict[str, Any]:
     try:
         if path.suffix.lower() == ".toml":
             with path.open("rb") as fh:
-                return tomllib.load(fh)
-        with path.open("r", encoding="utf-8") as fh:
-            return json.load(fh)
+                data = tomllib.load(fh)
+        else:
+            with path.open("r", encoding="utf-8-sig") as fh:  # tolerate a BOM
+                data = json.load(fh)
+    except OSError as exc:
+        raise ModelSpecError(f"{path}: cannot read the model card: {exc}") from exc
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ModelSpecError(
             f"{path}: cannot parse the model card (expected JSON, or TOML for .toml files): {exc}"
         ) from exc
+    if not isinstance(data, dict):
+        raise ModelSpecError(
+            f"{path}: the model card must be a JSON/TOML object, got {type(data).__name__}"
+        )
+    return data
 
 
 def resolve_card(
@@ -233,11 +250,25 @@ def _external_data_files(model_path: Path, graph: Any) -> list[Path]:
 
     folder = model_path.parent.resolve()
     files: set[Path] = set()
-    tensors = list(graph.initializer)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                tensors.append(attr.t)
+    tensors: list[Any] = []
+
+    def collect(g: Any) -> None:  # subgraphs (If/Loop/Scan bodies) can hold weights too
+        tensors.extend(g.initializer)
+        for sparse in g.sparse_initializer:
+            tensors.extend([sparse.values, sparse.indices])
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    tensors.append(attr.t)
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    tensors.extend(attr.tensors)
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    collect(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        collect(sub)
+
+    collect(graph)
     for tensor in tensors:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -373,8 +404,19 @@ class OnnxClassifier:
                 )
         if not outputs:
             raise ModelSpecError(f"{where}: the model has no outputs")
-        out = outputs[0]
         k = len(card.class_names)
+        out = outputs[0]
+        if len(outputs) > 1:
+            # Several outputs (e.g. logits and features): take the one of shape (batch, K) only
+            # when exactly one fits; anything else would be a guess.
+            fits = [o for o in outputs if len(o.shape) == 2 and o.shape[1] == k]
+            if len(fits) != 1:
+                raise ModelSpecError(
+                    f"{where}: the model has {len(outputs)} outputs "
+                    f"{[(o.name, list(o.shape)) for o in outputs]}; expected exactly one of shape "
+                    f"(batch, {k}) holding the class scores"
+                )
+            out = fits[0]
         if len(out.shape) != 2:
             raise ModelSpecError(
                 f"{where}: output {out.name!r} has shape {list(out.shape)}; expected "
