@@ -67,10 +67,16 @@ class FiniteDifferenceIxG(SaliencyAdapter):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise SaliencyError(f"fd: batch_size must be a positive integer, got {batch_size!r}")
         self.patch_size, self.step, self.scheme, self.batch_size = (
-            patch_size, step, scheme, batch_size
+            patch_size,
+            step,
+            scheme,
+            batch_size,
         )
         self._params: dict[str, Any] = {
-            "patch_size": patch_size, "step": step, "scheme": scheme, "batch_size": batch_size
+            "patch_size": patch_size,
+            "step": step,
+            "scheme": scheme,
+            "batch_size": batch_size,
         }
         # The factors the float32 input is really multiplied by, and the steps they make.
         self._up = np.float32(1.0 + step)

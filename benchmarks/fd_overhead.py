@@ -75,12 +75,20 @@ def main() -> int:
     t_fd, t_bare = statistics.median(fd_times), statistics.median(bare_times)
     ratio = t_fd / t_bare
     print(f"model        {args.model.name} ({model.device_note})")
-    print(f"input        {tuple(x.shape[1:])}, {n_img} images, patch {args.patch_size} px, "
-          f"{fd.forward_passes(*x.shape[2:])} forward passes per image, batch {args.batch_size}")
-    print(f"fd saliency  {t_fd / n_img:.3f} s/image  (runs: "
-          + ", ".join(f"{t / n_img:.3f}" for t in fd_times) + ")")
-    print(f"bare ORT     {t_bare / n_img:.3f} s/image  (runs: "
-          + ", ".join(f"{t / n_img:.3f}" for t in bare_times) + ")")
+    print(
+        f"input        {tuple(x.shape[1:])}, {n_img} images, patch {args.patch_size} px, "
+        f"{fd.forward_passes(*x.shape[2:])} forward passes per image, batch {args.batch_size}"
+    )
+    print(
+        f"fd saliency  {t_fd / n_img:.3f} s/image  (runs: "
+        + ", ".join(f"{t / n_img:.3f}" for t in fd_times)
+        + ")"
+    )
+    print(
+        f"bare ORT     {t_bare / n_img:.3f} s/image  (runs: "
+        + ", ".join(f"{t / n_img:.3f}" for t in bare_times)
+        + ")"
+    )
     verdict = "PASS" if ratio <= TARGET else "FAIL"
     print(f"RESULT fd_overhead {ratio:.3f} x target <= {TARGET:.2f} {verdict}")
     return 0 if verdict == "PASS" else 1

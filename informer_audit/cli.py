@@ -142,7 +142,9 @@ def saliency_options(func: F) -> F:
     return func
 
 
-def _load_model(kw: dict[str, Any]) -> Any:
+def _load_model(
+    kw: dict[str, Any], fallback: dict[str, Any] | None = None, source: str = ""
+) -> Any:
     from .model import OnnxClassifier
 
     size = _split_list(kw.pop("image_size"), int)
@@ -162,6 +164,8 @@ def _load_model(kw: dict[str, Any]) -> Any:
         overrides=overrides,
         device=kw.pop("device"),
         threads=kw.pop("threads"),
+        fallback_card=fallback,
+        fallback_source=source,
     )
 
 
@@ -283,7 +287,10 @@ def info(as_json: bool, **kw: Any) -> None:
     help="Labels CSV: plain (path + 0/1 per class), CheXpert, or NIH Data_Entry.",
 )
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Monitor JSON to write.",
 )
 @click.option(
@@ -391,14 +398,30 @@ def _render_calibration(result: Any) -> None:
     from rich.table import Table
 
     table = Table(title=f"Calibration on {len(result.results)} images (INFORMER, d < τ flags)")
-    for col in ("class", "n", "pos", "pred. thr", "τ", "flags", "F1 before", "F1 after",
-                "sens. before→after", "spec. before→after"):
+    for col in (
+        "class",
+        "n",
+        "pos",
+        "pred. thr",
+        "τ",
+        "flags",
+        "F1 before",
+        "F1 after",
+        "sens. before→after",
+        "spec. before→after",
+    ):
         table.add_column(col, justify="left" if col == "class" else "right")
     notes = []
     for f in result.monitor.fits_:
         table.add_row(
-            _escape(f.name), str(f.n), str(f.n_pos), f"{f.prediction_threshold:.4f}",
-            f"{f.flag_threshold:.3f}", str(f.n_flags), _fmt(f.f1_before), _fmt(f.f1_after),
+            _escape(f.name),
+            str(f.n),
+            str(f.n_pos),
+            f"{f.prediction_threshold:.4f}",
+            f"{f.flag_threshold:.3f}",
+            str(f.n_flags),
+            _fmt(f.f1_before),
+            _fmt(f.f1_after),
             f"{_fmt(f.sensitivity_before)}→{_fmt(f.sensitivity_after)}",
             f"{_fmt(f.specificity_before)}→{_fmt(f.specificity_after)}",
         )
@@ -437,7 +460,10 @@ def _render_failures(failures: list[tuple[str, str]]) -> None:
     help="Folder audited recursively (PNG, JPEG, BMP, TIFF).",
 )
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Flags CSV to write (one row per image).",
 )
 @click.option(
@@ -448,7 +474,8 @@ def _render_failures(failures: list[tuple[str, str]]) -> None:
 def flag(**kw: Any) -> None:
     """Audit every image under a folder with a fitted monitor; write one CSV row per image.
 
-    Saliency settings come from the monitor; settings given here must match it.
+    Saliency settings and, for a model without metadata, the model card come from the monitor;
+    settings given here must match it.
     """
     from .errors import MonitorMismatchError
     from .monitor import check_binding, load_monitor
@@ -456,7 +483,10 @@ def flag(**kw: Any) -> None:
     from .saliency import adapter_from_settings
 
     monitor, binding, _ = load_monitor(kw["monitor_path"])
-    model = _load_model(kw)
+    # A model without metadata needs no --model-card here: the monitor holds the card it was
+    # fitted with, and is bound to this very file (checked below).
+    monitor_card = {"class_names": binding["class_names"], **binding["preprocessing"]}
+    model = _load_model(kw, monitor_card, f"monitor {kw['monitor_path']}")
     settings = dict(binding["saliency"])
     if kw["saliency"] and kw["saliency"] != settings.get("name"):
         raise MonitorMismatchError(
@@ -500,7 +530,10 @@ def _render_flag_summary(summary: Any) -> None:
     for j, name in enumerate(summary.classes):
         rate = summary.flagged[j] / summary.n_ok if summary.n_ok else float("nan")
         table.add_row(
-            _escape(name), str(summary.predicted[j]), str(summary.flagged[j]), _fmt(rate),
+            _escape(name),
+            str(summary.predicted[j]),
+            str(summary.flagged[j]),
+            _fmt(rate),
             str(summary.audited[j]),
         )
     _console().print(table)

@@ -51,11 +51,7 @@ def find_images(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise ImageReadError(f"{root}: expected a folder of images, but it is not a folder")
-    found = [
-        p
-        for p in _walk(root)
-        if p.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    found = [p for p in _walk(root) if p.suffix.lower() in IMAGE_SUFFIXES]
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -207,14 +203,14 @@ def _check(path: Path, array: NDArray[np.generic]) -> CanonicalImage:
     elif kind == "f":
         finite = np.isfinite(array)
         if not finite.all() or array.min() < 0.0 or array.max() > 1.0:
-            raise ImageReadError(
-                f"{path}: floating-point pixels must be finite and lie in [0, 1]"
-            )
+            raise ImageReadError(f"{path}: floating-point pixels must be finite and lie in [0, 1]")
         out = array.astype(np.float32) * 255.0
     else:
         raise ImageReadError(f"{path}: unsupported pixel type {array.dtype}")
-    if out.shape[2] == 3 and np.array_equal(out[:, :, 0], out[:, :, 1]) and np.array_equal(
-        out[:, :, 0], out[:, :, 2]
+    if (
+        out.shape[2] == 3
+        and np.array_equal(out[:, :, 0], out[:, :, 1])
+        and np.array_equal(out[:, :, 0], out[:, :, 2])
     ):
         # A grayscale image stored as RGB: keep one channel; the model wrapper replicates it.
         out = out[:, :, :1]

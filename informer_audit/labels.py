@@ -551,8 +551,7 @@ def _filter_split(
     if not keep.any():
         present = sorted(set(values.tolist()))
         raise LabelFormatError(
-            f"{table.source}: no row has split {split!r}; split values present: "
-            f"{_quoted(present)}"
+            f"{table.source}: no row has split {split!r}; split values present: {_quoted(present)}"
         )
     excluded["split"] = int(np.count_nonzero(~keep))
     return rows[keep]
@@ -699,7 +698,8 @@ def _nih_values(
 ) -> NDArray[np.float64]:
     """0/1 per NIH finding from ``Finding Labels``, shape (len(rows), len(findings))."""
     pos = table.find("Finding Labels")
-    assert pos is not None  # checked by read_labels before any row is read
+    if pos is None:  # read_labels checks this before any row is read
+        raise LabelFormatError(f"{table.source}: no 'Finding Labels' column")
     cells = table.cells(pos, rows)
     token_sets: list[frozenset[str]] = []
     for i, cell in enumerate(cells):

@@ -182,8 +182,13 @@ def resolve_card(
     card_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     source: str = "model",
+    fallback: Mapping[str, Any] | None = None,
+    fallback_source: str = "monitor",
 ) -> tuple[ModelCard, str]:
     """Combine ONNX metadata, a card file and CLI overrides (later wins, field by field).
+
+    ``fallback`` (e.g. the card a monitor was fitted with, for the same model file) fills only
+    the fields that none of the others gives.
 
     Returns
     -------
@@ -192,6 +197,9 @@ def resolve_card(
     """
     merged: dict[str, Any] = {}
     origins = []
+    if fallback:
+        merged.update(fallback)
+        origins.append(fallback_source)
     if CARD_METADATA_KEY in metadata:
         try:
             meta_card = json.loads(metadata[CARD_METADATA_KEY])
@@ -302,6 +310,9 @@ class OnnxClassifier:
         ``"cpu"`` or ``"cuda"`` (fails with :class:`DeviceUnavailableError` when it cannot).
     threads
         ONNX Runtime intra-op threads (``None``: ONNX Runtime's default).
+    fallback_card
+        Card fields used where metadata, card file and overrides are all silent (the monitor's
+        card at ``flag`` time: the monitor is bound to this very model file anyway).
 
     Attributes
     ----------
@@ -327,6 +338,8 @@ class OnnxClassifier:
         overrides: Mapping[str, Any] | None = None,
         device: str = "auto",
         threads: int | None = None,
+        fallback_card: Mapping[str, Any] | None = None,
+        fallback_source: str = "monitor",
     ) -> None:
         import onnx
 
@@ -358,7 +371,12 @@ class OnnxClassifier:
         self.producer = f"{proto.producer_name} {proto.producer_version}".strip()
         self.sha256 = file_sha256([self.path, *external])
         self.card, self.card_source = resolve_card(
-            self.metadata, card_file, overrides, source=str(self.path)
+            self.metadata,
+            card_file,
+            overrides,
+            source=str(self.path),
+            fallback=fallback_card,
+            fallback_source=fallback_source,
         )
         del proto
         self._session, self.device, self.device_note = _make_session(self.path, device, threads)

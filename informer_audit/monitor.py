@@ -288,9 +288,7 @@ class FlagMonitor:
                 what = "positive" if not yj.any() else "negative"
                 note = f"no {what} labels among {len(yj)}: prediction threshold 0.5"
             yhat = pj >= t
-            tau = best_flag_threshold(
-                yj, yhat, sj, step=self.grid_step, direction=self.direction
-            )
+            tau = best_flag_threshold(yj, yhat, sj, step=self.grid_step, direction=self.direction)
             if not yj.any():
                 note += "; F1 undefined, nothing flagged"
             flagged = self._flag_column(sj, tau)
@@ -300,8 +298,19 @@ class FlagMonitor:
             pred_t[j], flag_t[j] = t, tau
             fits.append(
                 ClassFit(
-                    str(class_names[j]), int(len(yj)), int(yj.sum()), t, tau,
-                    int(flagged.sum()), f1_b, f1_a, sens_b, sens_a, spec_b, spec_a, note,
+                    str(class_names[j]),
+                    int(len(yj)),
+                    int(yj.sum()),
+                    t,
+                    tau,
+                    int(flagged.sum()),
+                    f1_b,
+                    f1_a,
+                    sens_b,
+                    sens_a,
+                    spec_b,
+                    spec_a,
+                    note,
                 )
             )
         self.class_names_ = [str(c) for c in class_names]
@@ -356,9 +365,11 @@ class FlagMonitor:
                     "name": f.name,
                     "prediction_threshold": float(self.prediction_thresholds_[j]),
                     "flag_threshold": float(self.flag_thresholds_[j]),
-                    "calibration": {k: _json_float(v) for k, v in asdict(f).items()
-                                    if k not in ("name", "prediction_threshold",
-                                                 "flag_threshold")},
+                    "calibration": {
+                        k: _json_float(v)
+                        for k, v in asdict(f).items()
+                        if k not in ("name", "prediction_threshold", "flag_threshold")
+                    },
                 }
                 for j, f in enumerate(self.fits_)
             ],
@@ -385,8 +396,12 @@ class FlagMonitor:
                 pred_t.append(t)
                 flag_t.append(tau)
                 fits.append(
-                    ClassFit(name=name, prediction_threshold=t, flag_threshold=tau,
-                             **{k: _from_json_float(v) for k, v in cal.items()})
+                    ClassFit(
+                        name=name,
+                        prediction_threshold=t,
+                        flag_threshold=tau,
+                        **{k: _from_json_float(v) for k, v in cal.items()},
+                    )
                 )
         except (KeyError, TypeError, ValueError) as exc:
             raise MonitorFormatError(
@@ -461,7 +476,7 @@ def load_monitor(path: str | Path) -> tuple[FlagMonitor, dict[str, Any], dict[st
         ) from exc
     if not isinstance(doc, dict) or doc.get("format") != MONITOR_FORMAT:
         raise MonitorFormatError(
-            f"{path}: not an informer-audit monitor (expected \"format\": \"{MONITOR_FORMAT}\")"
+            f'{path}: not an informer-audit monitor (expected "format": "{MONITOR_FORMAT}")'
         )
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION:

@@ -250,8 +250,7 @@ def calibrate(
     if len(ok) < 2:
         raise LabelFormatError(
             f"{labels.source}: only {len(ok)} of {len(items)} calibration images could be scored; "
-            "at least 2 are needed. First failures: "
-            + "; ".join(str(f.error) for f in failed[:3])
+            "at least 2 are needed. First failures: " + "; ".join(str(f.error) for f in failed[:3])
         )
     y = labels.y[rows]
     d = np.stack([r.d for r in ok])
@@ -303,6 +302,14 @@ def matrix_columns(classes: Sequence[str]) -> list[str]:
     """Columns of the upper triangle of the K x K cosine-distance matrix: ``dist_A|B``."""
     k = len(classes)
     return [f"dist_{classes[a]}|{classes[b]}" for a in range(k) for b in range(a + 1, k)]
+
+
+def _scored(
+    r: ImageResult,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    if r.probs is None or r.d is None or r.dist is None:
+        raise ValueError(f"{r.key}: image was not scored ({r.error})")
+    return r.probs, r.d, r.dist
 
 
 def _num(v: float) -> str:
@@ -373,26 +380,21 @@ def _write_flag_row(
         if with_matrix:
             row += [""] * (k * (k - 1) // 2)
     else:
-        assert result.probs is not None and result.d is not None and result.dist is not None
-        yhat, flags, audited = (a[0] for a in monitor.audit(result.probs[None], result.d[None]))
+        probs, d, dist = _scored(result)
+        yhat, flags, audited = (a[0] for a in monitor.audit(probs[None], d[None]))
         summary.predicted += yhat
         summary.flagged += flags
         summary.audited += audited
         row = [result.key, "ok", ""]
         for j in range(k):
-            row += [
-                _num(result.probs[j]), int(yhat[j]), _num(result.d[j]), int(flags[j]),
-                int(audited[j]),
-            ]
+            row += [_num(probs[j]), int(yhat[j]), _num(d[j]), int(flags[j]), int(audited[j])]
         if with_matrix:
-            row += matrix_values(result.dist)
+            row += matrix_values(dist)
     writer.writerow(row)
     fh.flush()
 
 
-def write_scores_csv(
-    path: str | Path, calibration: Calibration, classes: Sequence[str]
-) -> None:
+def write_scores_csv(path: str | Path, calibration: Calibration, classes: Sequence[str]) -> None:
     """Per-image calibration table: labels, probabilities, predictions, d and the K x K matrix."""
     import io
 
@@ -407,17 +409,19 @@ def write_scores_csv(
     writer.writerow(header)
     mon = calibration.monitor
     for r, y in zip(calibration.results, calibration.y, strict=True):
-        assert r.probs is not None and r.d is not None and r.dist is not None
-        yhat, flags, audited = (a[0] for a in mon.audit(r.probs[None], r.d[None]))
+        probs, d, dist = _scored(r)
+        yhat, flags, audited = (a[0] for a in mon.audit(probs[None], d[None]))
         row: list[Any] = [r.key, "ok", ""]
         for j in range(len(classes)):
             label = "" if not np.isfinite(y[j]) else int(y[j])
-            row += [label, _num(r.probs[j]), int(yhat[j]), _num(r.d[j]), int(flags[j]),
-                    int(audited[j])]
-        writer.writerow(row + matrix_values(r.dist))
+            row += [label, _num(probs[j]), int(yhat[j]), _num(d[j]), int(flags[j]), int(audited[j])]
+        writer.writerow(row + matrix_values(dist))
     for r in calibration.failures:
-        writer.writerow([r.key, "failed", r.error] + [""] * (6 * len(classes))
-                        + [""] * len(matrix_columns(classes)))
+        writer.writerow(
+            [r.key, "failed", r.error]
+            + [""] * (6 * len(classes))
+            + [""] * len(matrix_columns(classes))
+        )
     atomic_write_text(Path(path), buf.getvalue())
 
 

@@ -115,11 +115,22 @@ def tiny_model(tmp_path: Path) -> Callable[..., tuple[Path, dict]]:
         w1 = rng.normal(0, 1 / np.sqrt(d), (d, hidden)) if hidden else None
         w = rng.normal(0, 1 / np.sqrt(hidden or d), (hidden or d, k))
         b = rng.normal(0, 0.1, k)
-        card = card_dict(list(classes), size, channels, kw.get("layout", "NCHW"),
-                         "probabilities" if kw.get("sigmoid_output") else "logits")
+        card = card_dict(
+            list(classes),
+            size,
+            channels,
+            kw.get("layout", "NCHW"),
+            "probabilities" if kw.get("sigmoid_output") else "logits",
+        )
         path = build_linear_model(
-            tmp_path / name, w, b, channels=channels, size=size, hidden=w1,
-            card=card if metadata else None, **kw,
+            tmp_path / name,
+            w,
+            b,
+            channels=channels,
+            size=size,
+            hidden=w1,
+            card=card if metadata else None,
+            **kw,
         )
         return path, {"W": w, "b": b, "W1": w1, "card": card}
 

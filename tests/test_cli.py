@@ -28,8 +28,13 @@ def setup(tmp_path, tiny_model):
     audit = tmp_path / "audit"
     write_images(audit, 5, size=24, seed=5)
     write_images(audit / "sub", 2, size=18, seed=6, mode="RGB")
-    return {"model": model, "val": tmp_path / "val", "labels": labels, "audit": audit,
-            "tmp": tmp_path}
+    return {
+        "model": model,
+        "val": tmp_path / "val",
+        "labels": labels,
+        "audit": audit,
+        "tmp": tmp_path,
+    }
 
 
 def invoke(*args):
@@ -39,8 +44,19 @@ def invoke(*args):
 
 def calibrate(s, *extra, out="monitor.json"):
     return invoke(
-        "calibrate", s["model"], "--images", s["val"], "--labels", s["labels"],
-        "-o", s["tmp"] / out, "--patch-size", 8, "--device", "cpu", *extra,
+        "calibrate",
+        s["model"],
+        "--images",
+        s["val"],
+        "--labels",
+        s["labels"],
+        "-o",
+        s["tmp"] / out,
+        "--patch-size",
+        8,
+        "--device",
+        "cpu",
+        *extra,
     )
 
 
@@ -65,10 +81,20 @@ def test_info_without_preprocessing_is_refused(tmp_path, tiny_model):
     assert r.exit_code == 2
     assert "cannot tell how to preprocess" in r.output and "--model-card" in r.output
     card = tmp_path / "card.json"
-    card.write_text(json.dumps({
-        "class_names": ["x", "y", "z"], "image_size": [16, 16], "channels": 3,
-        "layout": "NCHW", "scale": 255, "mean": [0.5], "std": [0.25], "output": "logits",
-    }))
+    card.write_text(
+        json.dumps(
+            {
+                "class_names": ["x", "y", "z"],
+                "image_size": [16, 16],
+                "channels": 3,
+                "layout": "NCHW",
+                "scale": 255,
+                "mean": [0.5],
+                "std": [0.25],
+                "output": "logits",
+            }
+        )
+    )
     ok = invoke("info", model, "--model-card", card)
     assert ok.exit_code == 0 and "x, y, z" in ok.output
 
@@ -80,7 +106,10 @@ def test_calibrate_then_flag(setup):
     assert doc["schema_version"] == 1
     assert doc["binding"]["audited_classes"] == ["A", "B", "C"]
     assert doc["binding"]["saliency"] == {
-        "name": "fd", "patch_size": 8, "scheme": "central", "step": 0.001
+        "name": "fd",
+        "patch_size": 8,
+        "scheme": "central",
+        "step": 0.001,
     }
     assert doc["calibration"]["n_images"] == 24
     assert "F1 before" in r.output
@@ -88,13 +117,31 @@ def test_calibrate_then_flag(setup):
     assert len(scores) == 24 and "dist_A|B" in scores[0]
 
     out = setup["tmp"] / "flags.csv"
-    f = invoke("flag", setup["model"], "--monitor", setup["tmp"] / "monitor.json",
-               "--images", setup["audit"], "-o", out, "--device", "cpu")
+    f = invoke(
+        "flag",
+        setup["model"],
+        "--monitor",
+        setup["tmp"] / "monitor.json",
+        "--images",
+        setup["audit"],
+        "-o",
+        out,
+        "--device",
+        "cpu",
+    )
     assert f.exit_code == 0, f.output
     rows = read_rows(out)
     assert len(rows) == 7  # recursive: 5 + 2 in sub/
-    assert list(rows[0])[:8] == ["path", "status", "error", "prob_A", "pred_A", "d_A", "flag_A",
-                                 "audited_A"]
+    assert list(rows[0])[:8] == [
+        "path",
+        "status",
+        "error",
+        "prob_A",
+        "pred_A",
+        "d_A",
+        "flag_A",
+        "audited_A",
+    ]
     classes = doc["monitor"]["classes"]
     for row in rows:
         assert row["status"] == "ok"
@@ -114,8 +161,16 @@ def test_flag_records_a_bad_file_and_goes_on(setup):
     (setup["audit"] / "broken.png").write_bytes(b"not an image at all")
     (setup["audit"] / "empty.jpg").write_bytes(b"")
     out = setup["tmp"] / "flags.csv"
-    f = invoke("flag", setup["model"], "--monitor", setup["tmp"] / "monitor.json",
-               "--images", setup["audit"], "-o", out)
+    f = invoke(
+        "flag",
+        setup["model"],
+        "--monitor",
+        setup["tmp"] / "monitor.json",
+        "--images",
+        setup["audit"],
+        "-o",
+        out,
+    )
     assert f.exit_code == 1
     rows = {Path(r["path"]).relative_to(setup["audit"]).as_posix(): r for r in read_rows(out)}
     assert len(rows) == 9 and "sub/img_000.png" in rows
@@ -146,8 +201,17 @@ def test_calibrate_records_missing_and_corrupt_images(setup):
 )
 def test_flag_refuses_other_saliency_settings(setup, extra, field):
     assert calibrate(setup).exit_code == 0
-    f = invoke("flag", setup["model"], "--monitor", setup["tmp"] / "monitor.json",
-               "--images", setup["audit"], "-o", setup["tmp"] / "f.csv", *extra)
+    f = invoke(
+        "flag",
+        setup["model"],
+        "--monitor",
+        setup["tmp"] / "monitor.json",
+        "--images",
+        setup["audit"],
+        "-o",
+        setup["tmp"] / "f.csv",
+        *extra,
+    )
     assert f.exit_code == 2
     assert field in f.output
     assert not (setup["tmp"] / "f.csv").exists()
@@ -156,15 +220,33 @@ def test_flag_refuses_other_saliency_settings(setup, extra, field):
 def test_flag_refuses_a_monitor_for_another_model(setup, tiny_model):
     assert calibrate(setup).exit_code == 0
     other, _ = tiny_model(classes=("A", "B", "C"), size=16, hidden=5, seed=99, name="other.onnx")
-    f = invoke("flag", other, "--monitor", setup["tmp"] / "monitor.json",
-               "--images", setup["audit"], "-o", setup["tmp"] / "f.csv")
+    f = invoke(
+        "flag",
+        other,
+        "--monitor",
+        setup["tmp"] / "monitor.json",
+        "--images",
+        setup["audit"],
+        "-o",
+        setup["tmp"] / "f.csv",
+    )
     assert f.exit_code == 2 and "model_sha256" in f.output
 
 
 def test_flag_refuses_other_preprocessing(setup, tmp_path):
     assert calibrate(setup).exit_code == 0
-    f = invoke("flag", setup["model"], "--monitor", setup["tmp"] / "monitor.json",
-               "--images", setup["audit"], "-o", tmp_path / "f.csv", "--std", "0.5")
+    f = invoke(
+        "flag",
+        setup["model"],
+        "--monitor",
+        setup["tmp"] / "monitor.json",
+        "--images",
+        setup["audit"],
+        "-o",
+        tmp_path / "f.csv",
+        "--std",
+        "0.5",
+    )
     assert f.exit_code == 2 and "preprocessing.std" in f.output
 
 
@@ -172,8 +254,16 @@ def test_flag_refuses_a_damaged_monitor(setup):
     assert calibrate(setup).exit_code == 0
     m = setup["tmp"] / "monitor.json"
     m.write_text(m.read_text()[:100])
-    f = invoke("flag", setup["model"], "--monitor", m, "--images", setup["audit"],
-               "-o", setup["tmp"] / "f.csv")
+    f = invoke(
+        "flag",
+        setup["model"],
+        "--monitor",
+        m,
+        "--images",
+        setup["audit"],
+        "-o",
+        setup["tmp"] / "f.csv",
+    )
     assert f.exit_code == 2 and "not valid monitor JSON" in f.output
 
 
@@ -185,8 +275,17 @@ def test_class_subset_and_mapping(setup):
     doc = json.loads((setup["tmp"] / "monitor.json").read_text())
     assert doc["binding"]["audited_classes"] == ["A", "C"]
     assert doc["calibration"]["label_columns"] == {"A": "Alpha", "C": "C"}
-    f = invoke("flag", setup["model"], "--monitor", setup["tmp"] / "monitor.json",
-               "--images", setup["audit"], "-o", setup["tmp"] / "f.csv", "--with-matrix")
+    f = invoke(
+        "flag",
+        setup["model"],
+        "--monitor",
+        setup["tmp"] / "monitor.json",
+        "--images",
+        setup["audit"],
+        "-o",
+        setup["tmp"] / "f.csv",
+        "--with-matrix",
+    )
     assert f.exit_code == 0
     row = read_rows(setup["tmp"] / "f.csv")[0]
     assert "prob_B" not in row and "dist_A|C" in row
@@ -219,3 +318,52 @@ def test_cuda_unavailable_exit_3(setup):
 def test_unknown_saliency_is_a_usage_error(setup):
     r = calibrate(setup, "--saliency", "nope")
     assert r.exit_code == 2 and "nope" in r.output
+
+
+def test_flag_takes_the_card_from_the_monitor_for_a_bare_model(setup, tiny_model, tmp_path):
+    model, params = tiny_model(metadata=False, name="bare.onnx", hidden=5, seed=1)
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps(params["card"]))
+    r = invoke(
+        "calibrate",
+        model,
+        "--model-card",
+        card,
+        "--images",
+        setup["val"],
+        "--labels",
+        setup["labels"],
+        "-o",
+        tmp_path / "m.json",
+        "--patch-size",
+        8,
+    )
+    assert r.exit_code == 0, r.output
+    f = invoke(
+        "flag",
+        model,
+        "--monitor",
+        tmp_path / "m.json",
+        "--images",
+        setup["audit"],
+        "-o",
+        tmp_path / "f.csv",
+    )
+    assert f.exit_code == 0, f.output
+    assert len(read_rows(tmp_path / "f.csv")) == 7
+    # ... but an explicit card that differs from the monitor's is still refused
+    other = dict(params["card"], mean=[0.4, 0.4, 0.4])
+    card.write_text(json.dumps(other))
+    g = invoke(
+        "flag",
+        model,
+        "--monitor",
+        tmp_path / "m.json",
+        "--images",
+        setup["audit"],
+        "-o",
+        tmp_path / "g.csv",
+        "--model-card",
+        card,
+    )
+    assert g.exit_code == 2 and "preprocessing.mean" in g.output

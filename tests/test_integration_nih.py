@@ -19,16 +19,36 @@ def test_calibrate_on_val_and_flag_test(tmp_path):
     runner = CliRunner()
     monitor = tmp_path / "monitor.json"
     # 64 px patches: 2 x 2 per 128 px image, 8 forward passes each, to keep this test short.
-    r = runner.invoke(cli, [
-        "calibrate", str(REF_MODEL), "--model-card", str(REF_CARD),
-        "--images", str(NIH), "--labels", str(NIH / "labels.csv"), "--split", "val",
-        "--patch-size", "64", "-o", str(monitor), "--device", "cpu",
-    ])
+    r = runner.invoke(
+        cli,
+        [
+            "calibrate",
+            str(REF_MODEL),
+            "--model-card",
+            str(REF_CARD),
+            "--images",
+            str(NIH),
+            "--labels",
+            str(NIH / "labels.csv"),
+            "--split",
+            "val",
+            "--patch-size",
+            "64",
+            "-o",
+            str(monitor),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(monitor.read_text())
     assert doc["binding"]["model_sha256"] == hashlib.sha256(REF_MODEL.read_bytes()).hexdigest()
     assert doc["binding"]["audited_classes"] == [
-        "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion"
+        "Atelectasis",
+        "Cardiomegaly",
+        "Consolidation",
+        "Edema",
+        "Effusion",
     ]
     assert doc["calibration"]["n_images"] == 140 and doc["calibration"]["n_failed"] == 0
     positives = [c["calibration"]["n_pos"] for c in doc["monitor"]["classes"]]
@@ -46,10 +66,23 @@ def test_calibrate_on_val_and_flag_test(tmp_path):
     for row in test_rows:
         (audit / row["path"].split("/")[-1]).symlink_to(NIH / row["path"])
     out = tmp_path / "flags.csv"
-    f = runner.invoke(cli, [
-        "flag", str(REF_MODEL), "--model-card", str(REF_CARD), "--monitor", str(monitor),
-        "--images", str(audit), "-o", str(out), "--device", "cpu",
-    ])
+    f = runner.invoke(
+        cli,
+        [
+            "flag",
+            str(REF_MODEL),
+            "--model-card",
+            str(REF_CARD),
+            "--monitor",
+            str(monitor),
+            "--images",
+            str(audit),
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert f.exit_code == 0, f.output
     with out.open(newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -80,8 +80,11 @@ def mean_pool_model(path: Path, card: dict, *, shape=("N", 3, "H", "W"), elem=Te
         src = "xf"
     nodes.append(helper.make_node("ReduceMean", [src], ["scores"], axes=[2, 3], keepdims=0))
     return save_graph(
-        path, nodes, [image_info("image", list(shape), elem)],
-        [image_info("scores", ["N", 3])], card=card,
+        path,
+        nodes,
+        [image_info("image", list(shape), elem)],
+        [image_info("scores", ["N", 3])],
+        card=card,
     )
 
 
@@ -89,8 +92,14 @@ def mean_pool_model(path: Path, card: dict, *, shape=("N", 3, "H", "W"), elem=Te
 
 
 def test_card_round_trips_through_to_dict_and_to_json():
-    data = full_card(mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6], scale=1.0, layout="NHWC",
-                     output="probabilities", image_size=[16, 24])
+    data = full_card(
+        mean=[0.1, 0.2, 0.3],
+        std=[0.4, 0.5, 0.6],
+        scale=1.0,
+        layout="NHWC",
+        output="probabilities",
+        image_size=[16, 24],
+    )
     card = ModelCard.from_dict(data)
     assert card.class_names == ("A", "B", "C")
     assert card.image_size == (16, 24)
@@ -377,7 +386,9 @@ def test_classifier_overrides_beat_card_file_and_metadata(tiny_model, tmp_path):
     path, _ = tiny_model()
     card_file = write_json(tmp_path / "vendor.json", {"class_names": ["X", "Y", "Z"]})
     clf = OnnxClassifier(
-        path, card_file=card_file, overrides={"class_names": ["P", "Q", "R"], "layout": None},
+        path,
+        card_file=card_file,
+        overrides={"class_names": ["P", "Q", "R"], "layout": None},
         device="cpu",
     )
     assert clf.card.class_names == ("P", "Q", "R")
@@ -402,7 +413,9 @@ def test_classifier_toml_card_file(tiny_model, tmp_path):
     toml_path = tmp_path / "card.toml"
     toml_path.write_text(TOML_CARD, encoding="utf-8")
     assert OnnxClassifier(path, card_file=toml_path, device="cpu").card.class_names == (
-        "A", "B", "C",
+        "A",
+        "B",
+        "C",
     )
 
 
@@ -494,7 +507,10 @@ def two_input_model(path: Path) -> Path:
 def rank2_input_model(path: Path) -> Path:
     nodes = [helper.make_node("Identity", ["image"], ["scores"])]
     return save_graph(
-        path, nodes, [image_info("image", ["N", 3])], [image_info("scores", ["N", 3])],
+        path,
+        nodes,
+        [image_info("image", ["N", 3])],
+        [image_info("scores", ["N", 3])],
         card=full_card(),
     )
 
@@ -506,8 +522,11 @@ def int64_input_model(path: Path) -> Path:
 def rank3_output_model(path: Path) -> Path:
     nodes = [helper.make_node("ReduceMean", ["image"], ["scores"], axes=[3], keepdims=0)]
     return save_graph(
-        path, nodes, [image_info("image", ["N", 3, 16, 16])],
-        [image_info("scores", ["N", 3, 16])], card=full_card(),
+        path,
+        nodes,
+        [image_info("image", ["N", 3, 16, 16])],
+        [image_info("scores", ["N", 3, 16])],
+        card=full_card(),
     )
 
 
@@ -518,8 +537,11 @@ def two_output_model(path: Path, second: int) -> Path:
         helper.make_node("ReduceMean", ["image"], ["other"], axes=[1, 3], keepdims=0),
     ]
     return save_graph(
-        path, nodes, [image_info("image", ["N", 3, 16, 16])],
-        [image_info("other", ["N", second]), image_info("scores", ["N", 3])], card=full_card(),
+        path,
+        nodes,
+        [image_info("image", ["N", 3, 16, 16])],
+        [image_info("other", ["N", second]), image_info("scores", ["N", 3])],
+        card=full_card(),
     )
 
 
@@ -537,8 +559,11 @@ def test_several_outputs_that_fit_are_refused(tmp_path):
         helper.make_node("Identity", ["a"], ["b"]),
     ]
     path = save_graph(
-        tmp_path / "ambiguous.onnx", nodes, [image_info("image", ["N", 3, 16, 16])],
-        [image_info("a", ["N", 3]), image_info("b", ["N", 3])], card=full_card(),
+        tmp_path / "ambiguous.onnx",
+        nodes,
+        [image_info("image", ["N", 3, 16, 16])],
+        [image_info("a", ["N", 3]), image_info("b", ["N", 3])],
+        card=full_card(),
     )
     with pytest.raises(ModelSpecError, match="has 2 outputs"):
         OnnxClassifier(path, device="cpu")
@@ -631,8 +656,11 @@ def test_nhwc_model_distinguishes_channels(tmp_path):
     """Per-channel means through an NHWC graph: wrong transposition would mix the channels."""
     nodes = [helper.make_node("ReduceMean", ["image"], ["scores"], axes=[1, 2], keepdims=0)]
     path = save_graph(
-        tmp_path / "nhwc_pool.onnx", nodes, [image_info("image", ["N", 16, 16, 3])],
-        [image_info("scores", ["N", 3])], card=full_card(layout="NHWC"),
+        tmp_path / "nhwc_pool.onnx",
+        nodes,
+        [image_info("image", ["N", 16, 16, 3])],
+        [image_info("scores", ["N", 3])],
+        card=full_card(layout="NHWC"),
     )
     clf = OnnxClassifier(path, device="cpu")
     x = np.zeros((2, 3, 16, 16), np.float32)
@@ -651,8 +679,13 @@ def test_probability_output_is_mapped_back_to_logits(tiny_model):
 def test_saturated_probabilities_give_finite_clipped_logits(tmp_path):
     w = np.zeros((3 * 16 * 16, 3))
     path = build_linear_model(
-        tmp_path / "sat.onnx", w, np.array([100.0, -100.0, 0.0]), channels=3, size=16,
-        card=full_card(output="probabilities"), sigmoid_output=True,
+        tmp_path / "sat.onnx",
+        w,
+        np.array([100.0, -100.0, 0.0]),
+        channels=3,
+        size=16,
+        card=full_card(output="probabilities"),
+        sigmoid_output=True,
     )
     out = OnnxClassifier(path, device="cpu").logits(np.zeros((2, 3, 16, 16), np.float32))
     bound = math.log((1 - 1e-12) / 1e-12)
@@ -816,8 +849,12 @@ def save_external(model_path: Path, target: Path, location: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(model_path))
     onnx.save_model(
-        model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
-        location=location, size_threshold=0,
+        model,
+        str(target),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
     )
     return target
 
@@ -901,8 +938,18 @@ def test_describe_has_what_the_cli_prints(tiny_model, tmp_path):
     path, params = tiny_model()
     clf = OnnxClassifier(path, device="cpu")
     info = clf.describe()
-    for key in ("input", "output", "batch", "card", "providers", "device_note", "sha256",
-                "device", "card_source", "path"):
+    for key in (
+        "input",
+        "output",
+        "batch",
+        "card",
+        "providers",
+        "device_note",
+        "sha256",
+        "device",
+        "card_source",
+        "path",
+    ):
         assert key in info, key
     assert info["input"]["name"] == "image"
     assert info["input"]["type"] == "tensor(float)"
@@ -918,7 +965,12 @@ def test_describe_has_what_the_cli_prints(tiny_model, tmp_path):
     json.dumps(info)  # plain data
     rng = np.random.default_rng(0)
     fixed = build_linear_model(
-        tmp_path / "fixed.onnx", rng.normal(size=(768, 3)), np.zeros(3), channels=3, size=16,
-        batch=4, card=full_card(),
+        tmp_path / "fixed.onnx",
+        rng.normal(size=(768, 3)),
+        np.zeros(3),
+        channels=3,
+        size=16,
+        batch=4,
+        card=full_card(),
     )
     assert OnnxClassifier(fixed, device="cpu").describe()["batch"] == "fixed 4"

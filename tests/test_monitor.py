@@ -114,8 +114,10 @@ def test_class_without_positives_flags_nothing():
     d = np.linspace(0.1, 0.5, 5)
     assert best_flag_threshold(y, yhat, d) == 0.0
     mon = FlagMonitor().fit(
-        np.column_stack([d, d]), np.column_stack([y, [1, 0, 1, 0, 1]]),
-        np.column_stack([d, d]), ["none", "some"],
+        np.column_stack([d, d]),
+        np.column_stack([y, [1, 0, 1, 0, 1]]),
+        np.column_stack([d, d]),
+        ["none", "some"],
     )
     fit = mon.fits_[0]
     assert fit.flag_threshold == 0.0 and fit.n_flags == 0 and fit.n_pos == 0
