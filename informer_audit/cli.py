@@ -384,6 +384,7 @@ def calibrate(**kw: Any) -> None:
         },
         "n_images": len(result.results),
         "n_failed": len(result.failures),
+        "failures": [{"path": f.key, "error": f.error} for f in result.failures],
     }
     save_monitor(kw["output"], result.monitor, result.binding, provenance)
     if kw["scores_csv"]:

@@ -253,8 +253,9 @@ def calibrate(
             "at least 2 are needed. First failures: " + "; ".join(str(f.error) for f in failed[:3])
         )
     y = labels.y[rows]
-    d = np.stack([r.d for r in ok])
-    probs = np.stack([r.probs for r in ok])
+    scored = [_scored(r) for r in ok]
+    probs = np.stack([s[0] for s in scored])
+    d = np.stack([s[1] for s in scored])
     monitor = FlagMonitor("informer", "below", grid_step).fit(d, y, probs, auditor.classes)
     return Calibration(monitor, auditor.binding(), ok, y, failed)
 
@@ -385,7 +386,7 @@ def _write_flag_row(
         summary.predicted += yhat
         summary.flagged += flags
         summary.audited += audited
-        row = [result.key, "ok", ""]
+        row: list[Any] = [result.key, "ok", ""]
         for j in range(k):
             row += [_num(probs[j]), int(yhat[j]), _num(d[j]), int(flags[j]), int(audited[j])]
         if with_matrix:

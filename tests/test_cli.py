@@ -189,6 +189,9 @@ def test_calibrate_records_missing_and_corrupt_images(setup):
     assert "missing.png" in r.output and "img_003.png" in r.output
     doc = json.loads((setup["tmp"] / "monitor.json").read_text())
     assert doc["calibration"]["n_images"] == 23 and doc["calibration"]["n_failed"] == 2
+    failed = {f["path"]: f["error"] for f in doc["calibration"]["failures"]}
+    assert set(failed) == {"imgs/missing.png", "imgs/img_003.png"}
+    assert "not found" in failed["imgs/missing.png"]
 
 
 @pytest.mark.parametrize(
