@@ -142,6 +142,27 @@ def saliency_options(func: F) -> F:
     return func
 
 
+def images_option(help_text: str) -> Callable[[F], F]:
+    """``--images DIR`` (an existing folder); the help says what the folder is for."""
+    return click.option(
+        "--images",
+        required=True,
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
+def output_option(help_text: str) -> Callable[[F], F]:
+    """``-o/--output FILE``; the help says what is written."""
+    return click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
 def _load_model(
     kw: dict[str, Any], fallback: dict[str, Any] | None = None, source: str = ""
 ) -> Any:
@@ -273,12 +294,7 @@ def info(as_json: bool, **kw: Any) -> None:
 
 @cli.command()
 @model_options
-@click.option(
-    "--images",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder the label CSV's relative paths are resolved against.",
-)
+@images_option("Folder the label CSV's relative paths are resolved against.")
 @click.option(
     "--labels",
     "labels_csv",
@@ -286,13 +302,7 @@ def info(as_json: bool, **kw: Any) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Labels CSV: plain (path + 0/1 per class), CheXpert, or NIH Data_Entry.",
 )
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Monitor JSON to write.",
-)
+@output_option("Monitor JSON to write.")
 @click.option(
     "--classes",
     help="Model classes to audit, optionally mapped to label columns: "
@@ -454,19 +464,8 @@ def _render_failures(failures: list[tuple[str, str]]) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Monitor JSON written by calibrate for this model.",
 )
-@click.option(
-    "--images",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder audited recursively (PNG, JPEG, BMP, TIFF).",
-)
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Flags CSV to write (one row per image).",
-)
+@images_option("Folder audited recursively (PNG, JPEG, BMP, TIFF).")
+@output_option("Flags CSV to write (one row per image).")
 @click.option(
     "--with-matrix", is_flag=True, help="Add the K x K cosine-distance matrix (dist_A|B columns)."
 )
