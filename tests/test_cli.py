@@ -60,6 +60,20 @@ def calibrate(s, *extra, out="monitor.json"):
     )
 
 
+def flag(s, *extra, model=None, monitor=None, images=None, out=None):
+    return invoke(
+        "flag",
+        model or s["model"],
+        "--monitor",
+        monitor or s["tmp"] / "monitor.json",
+        "--images",
+        images or s["audit"],
+        "-o",
+        out or s["tmp"] / "flags.csv",
+        *extra,
+    )
+
+
 def read_rows(path: Path) -> list[dict]:
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
@@ -117,18 +131,7 @@ def test_calibrate_then_flag(setup):
     assert len(scores) == 24 and "dist_A|B" in scores[0]
 
     out = setup["tmp"] / "flags.csv"
-    f = invoke(
-        "flag",
-        setup["model"],
-        "--monitor",
-        setup["tmp"] / "monitor.json",
-        "--images",
-        setup["audit"],
-        "-o",
-        out,
-        "--device",
-        "cpu",
-    )
+    f = flag(setup, "--device", "cpu", out=out)
     assert f.exit_code == 0, f.output
     rows = read_rows(out)
     assert len(rows) == 7  # recursive: 5 + 2 in sub/
@@ -148,10 +151,10 @@ def test_calibrate_then_flag(setup):
         for c in classes:
             name = c["name"]
             pred = float(row[f"prob_{name}"]) >= c["prediction_threshold"]
-            flag = float(row[f"d_{name}"]) < c["flag_threshold"]
+            flagged = float(row[f"d_{name}"]) < c["flag_threshold"]
             assert int(row[f"pred_{name}"]) == pred
-            assert int(row[f"flag_{name}"]) == flag
-            assert int(row[f"audited_{name}"]) == (pred ^ flag)
+            assert int(row[f"flag_{name}"]) == flagged
+            assert int(row[f"audited_{name}"]) == (pred ^ flagged)
             assert 0 <= float(row[f"d_{name}"]) <= 4
     assert not out.with_name(out.name + ".partial").exists()
 
@@ -161,16 +164,7 @@ def test_flag_records_a_bad_file_and_goes_on(setup):
     (setup["audit"] / "broken.png").write_bytes(b"not an image at all")
     (setup["audit"] / "empty.jpg").write_bytes(b"")
     out = setup["tmp"] / "flags.csv"
-    f = invoke(
-        "flag",
-        setup["model"],
-        "--monitor",
-        setup["tmp"] / "monitor.json",
-        "--images",
-        setup["audit"],
-        "-o",
-        out,
-    )
+    f = flag(setup, out=out)
     assert f.exit_code == 1
     rows = {Path(r["path"]).relative_to(setup["audit"]).as_posix(): r for r in read_rows(out)}
     assert len(rows) == 9 and "sub/img_000.png" in rows
@@ -204,17 +198,7 @@ def test_calibrate_records_missing_and_corrupt_images(setup):
 )
 def test_flag_refuses_other_saliency_settings(setup, extra, field):
     assert calibrate(setup).exit_code == 0
-    f = invoke(
-        "flag",
-        setup["model"],
-        "--monitor",
-        setup["tmp"] / "monitor.json",
-        "--images",
-        setup["audit"],
-        "-o",
-        setup["tmp"] / "f.csv",
-        *extra,
-    )
+    f = flag(setup, *extra, out=setup["tmp"] / "f.csv")
     assert f.exit_code == 2
     assert field in f.output
     assert not (setup["tmp"] / "f.csv").exists()
@@ -223,33 +207,13 @@ def test_flag_refuses_other_saliency_settings(setup, extra, field):
 def test_flag_refuses_a_monitor_for_another_model(setup, tiny_model):
     assert calibrate(setup).exit_code == 0
     other, _ = tiny_model(classes=("A", "B", "C"), size=16, hidden=5, seed=99, name="other.onnx")
-    f = invoke(
-        "flag",
-        other,
-        "--monitor",
-        setup["tmp"] / "monitor.json",
-        "--images",
-        setup["audit"],
-        "-o",
-        setup["tmp"] / "f.csv",
-    )
+    f = flag(setup, model=other, out=setup["tmp"] / "f.csv")
     assert f.exit_code == 2 and "model_sha256" in f.output
 
 
 def test_flag_refuses_other_preprocessing(setup, tmp_path):
     assert calibrate(setup).exit_code == 0
-    f = invoke(
-        "flag",
-        setup["model"],
-        "--monitor",
-        setup["tmp"] / "monitor.json",
-        "--images",
-        setup["audit"],
-        "-o",
-        tmp_path / "f.csv",
-        "--std",
-        "0.5",
-    )
+    f = flag(setup, "--std", "0.5", out=tmp_path / "f.csv")
     assert f.exit_code == 2 and "preprocessing.std" in f.output
 
 
@@ -257,16 +221,7 @@ def test_flag_refuses_a_damaged_monitor(setup):
     assert calibrate(setup).exit_code == 0
     m = setup["tmp"] / "monitor.json"
     m.write_text(m.read_text()[:100])
-    f = invoke(
-        "flag",
-        setup["model"],
-        "--monitor",
-        m,
-        "--images",
-        setup["audit"],
-        "-o",
-        setup["tmp"] / "f.csv",
-    )
+    f = flag(setup, monitor=m, out=setup["tmp"] / "f.csv")
     assert f.exit_code == 2 and "not valid monitor JSON" in f.output
 
 
@@ -278,17 +233,7 @@ def test_class_subset_and_mapping(setup):
     doc = json.loads((setup["tmp"] / "monitor.json").read_text())
     assert doc["binding"]["audited_classes"] == ["A", "C"]
     assert doc["calibration"]["label_columns"] == {"A": "Alpha", "C": "C"}
-    f = invoke(
-        "flag",
-        setup["model"],
-        "--monitor",
-        setup["tmp"] / "monitor.json",
-        "--images",
-        setup["audit"],
-        "-o",
-        setup["tmp"] / "f.csv",
-        "--with-matrix",
-    )
+    f = flag(setup, "--with-matrix", out=setup["tmp"] / "f.csv")
     assert f.exit_code == 0
     row = read_rows(setup["tmp"] / "f.csv")[0]
     assert "prob_B" not in row and "dist_A|C" in row
@@ -342,31 +287,18 @@ def test_flag_takes_the_card_from_the_monitor_for_a_bare_model(setup, tiny_model
         8,
     )
     assert r.exit_code == 0, r.output
-    f = invoke(
-        "flag",
-        model,
-        "--monitor",
-        tmp_path / "m.json",
-        "--images",
-        setup["audit"],
-        "-o",
-        tmp_path / "f.csv",
-    )
+    f = flag(setup, model=model, monitor=tmp_path / "m.json", out=tmp_path / "f.csv")
     assert f.exit_code == 0, f.output
     assert len(read_rows(tmp_path / "f.csv")) == 7
     # ... but an explicit card that differs from the monitor's is still refused
     other = dict(params["card"], mean=[0.4, 0.4, 0.4])
     card.write_text(json.dumps(other))
-    g = invoke(
-        "flag",
-        model,
-        "--monitor",
-        tmp_path / "m.json",
-        "--images",
-        setup["audit"],
-        "-o",
-        tmp_path / "g.csv",
+    g = flag(
+        setup,
         "--model-card",
         card,
+        model=model,
+        monitor=tmp_path / "m.json",
+        out=tmp_path / "g.csv",
     )
     assert g.exit_code == 2 and "preprocessing.mean" in g.output
