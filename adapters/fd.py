@@ -146,19 +146,19 @@ class FiniteDifferenceIxG(SaliencyAdapter):
                 buf[j, :, ys, xs] = x[img, :, ys, xs] * (self._up if sign > 0 else self._down)
                 held_patch[j] = patch
             z = model.logits(buf[: stop - start])
-            if maps is None:
-                maps = np.zeros((n, z.shape[1], n_patches), dtype=np.float64)
+            if maps is None:  # (N, P, K) while accumulating: rows index (image, patch)
+                maps = np.zeros((n, n_patches, z.shape[1]), dtype=np.float64)
             if central:
                 # d/dt z(x + t v) ~ (z(+a) - z(-b)) / (a + b); accumulate both halves.
                 weight = np.where(signs > 0, 1.0, -1.0) / (self._a + self._b)
-                np.add.at(maps, (images, slice(None), patches), z * weight[:, None])
+                np.add.at(maps, (images, patches), z * weight[:, None])
             elif base is not None:
-                maps[images, :, patches] = (z - base[images]) / self._a
+                maps[images, patches] = (z - base[images]) / self._a
             if progress is not None:
                 progress(stop, total)
         if maps is None:  # no images
-            maps = np.zeros((n, len(model.card.class_names), n_patches), dtype=np.float64)
-        return maps.reshape(n, maps.shape[1], gh, gw)
+            maps = np.zeros((n, n_patches, len(model.card.class_names)), dtype=np.float64)
+        return np.ascontiguousarray(maps.transpose(0, 2, 1)).reshape(n, maps.shape[2], gh, gw)
 
     def _slices(self, patch: int, gw: int) -> tuple[slice, slice]:
         s = self.patch_size

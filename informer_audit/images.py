@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -147,7 +148,7 @@ def _read_tiff(path: Path) -> NDArray[np.generic]:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
+            page = cast("tifffile.TiffPage", tif.pages[0])  # the first IFD is never a frame
             # Count from the tags: page.shape starts with the samples for planar (separate) files.
             width, height = int(page.imagewidth), int(page.imagelength)
             if width * height > MAX_PIXELS:

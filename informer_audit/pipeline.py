@@ -181,8 +181,8 @@ class Auditor:
     def _score(self, loaded: list[tuple[ImageResult, NDArray[np.float32]]]) -> None:
         x = np.stack([arr for _, arr in loaded])
         logits = self.model.logits(x)
-        finite = np.isfinite(logits).all(axis=1)
-        for (r, _), good in zip(loaded, finite, strict=True):
+        finite = np.asarray(np.isfinite(logits).all(axis=1))
+        for (r, _), good in zip(loaded, finite.tolist(), strict=True):
             if not good:
                 r.error = "the model returned non-finite scores (NaN or Inf) for this image"
         if not finite.any():
@@ -377,7 +377,7 @@ def _write_flag_row(
     if not result.ok:
         summary.n_failed += 1
         summary.failures.append((result.key, str(result.error)))
-        row = [result.key, "failed", result.error] + [""] * (5 * k)
+        row: list[Any] = [result.key, "failed", result.error] + [""] * (5 * k)
         if with_matrix:
             row += [""] * (k * (k - 1) // 2)
     else:
@@ -386,7 +386,7 @@ def _write_flag_row(
         summary.predicted += yhat
         summary.flagged += flags
         summary.audited += audited
-        row: list[Any] = [result.key, "ok", ""]
+        row = [result.key, "ok", ""]
         for j in range(k):
             row += [_num(probs[j]), int(yhat[j]), _num(d[j]), int(flags[j]), int(audited[j])]
         if with_matrix:

@@ -109,7 +109,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import adapters  # noqa: F401  (registers the built-in adapters)
+    import informer_audit.adapters  # noqa: F401  (registers the built-in adapters)
 
     for ep in entry_points(group="informer_audit.adapters"):
         try:
