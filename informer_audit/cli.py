@@ -106,7 +106,11 @@ def model_options(func: F) -> F:
             show_default=True,
             help="auto uses CUDA when ONNX Runtime can really create it, and says which.",
         ),
-        click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all)."),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            help="ONNX Runtime intra-op threads (default: all).",
+        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -124,14 +128,16 @@ def saliency_options(func: F) -> F:
             default=None,
             help="Saliency adapter (calibrate default: fd; flag: the monitor's).",
         ),
-        click.option("--patch-size", type=int, help="fd: patch side in model pixels [16]."),
+        click.option(
+            "--patch-size", type=click.IntRange(min=1), help="fd: patch side in model pixels [16]."
+        ),
         click.option("--fd-step", type=float, help="fd: relative step h [1e-3]."),
         click.option(
             "--fd-scheme", type=click.Choice(["central", "forward"]), help="fd: scheme [central]."
         ),
         click.option(
             "--batch-size",
-            type=int,
+            type=click.IntRange(min=1),
             default=32,
             show_default=True,
             help="Images per ONNX Runtime run (does not change results).",
@@ -331,7 +337,11 @@ def info(as_json: bool, **kw: Any) -> None:
 @click.option("--split", help="Keep only rows whose 'split' column has this value (e.g. val).")
 @click.option("--path-column", help="Name of the CSV column holding image paths.")
 @click.option(
-    "--grid-step", type=float, default=0.001, show_default=True, help="Flag-threshold grid step."
+    "--grid-step",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.001,
+    show_default=True,
+    help="Flag-threshold grid step.",
 )
 @click.option(
     "--scores-csv",
