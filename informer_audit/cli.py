@@ -26,7 +26,8 @@ from .errors import DeviceUnavailableError, InformerAuditError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK, EXIT_FILES_FAILED, EXIT_REFUSED, EXIT_DEVICE = 0, 1, 2, 3
+# 0 and 1 come from the run's summary object (its return_code); refusals map here.
+EXIT_REFUSED, EXIT_DEVICE = 2, 3
 
 _SALIENCY_PARAMS = {
     # CLI option destination -> adapter parameter name
@@ -488,7 +489,7 @@ def flag(**kw: Any) -> None:
     settings given here must match it.
     """
     from .errors import MonitorMismatchError
-    from .monitor import check_binding, load_monitor
+    from .monitor import load_monitor
     from .pipeline import Auditor, flag_folder
     from .saliency import adapter_from_settings
 
@@ -506,11 +507,18 @@ def flag(**kw: Any) -> None:
     requested = {**settings, **_pop_saliency(kw)}
     adapter = adapter_from_settings(requested, batch_size=kw["batch_size"])
     auditor = Auditor(model, adapter, binding["audited_classes"])
-    check_binding(binding, auditor.binding(), source=str(kw["monitor_path"]))
     err = _console(stderr=True)
     err.print(f"[bold]flag[/]: saliency {adapter.settings()}; device {model.device_note}")
-    with _progress() as progress:
-        task = progress.add_task("auditing", total=None)
+    progress = _progress()
+    task = progress.add_task("auditing", total=None)
+
+    def start(n_images: int) -> None:
+        # flag_folder calls this after its checks (monitor binding, folder): a refused run
+        # shows no progress bar.
+        progress.update(task, total=n_images)
+        progress.start()
+
+    try:
         summary = flag_folder(
             auditor,
             monitor,
@@ -519,9 +527,11 @@ def flag(**kw: Any) -> None:
             kw["output"],
             with_matrix=kw["with_matrix"],
             monitor_source=str(kw["monitor_path"]),
-            on_start=lambda n: progress.update(task, total=n),
+            on_start=start,
             on_result=lambda _r: progress.advance(task),
         )
+    finally:
+        progress.stop()
     _render_flag_summary(summary)
     _render_failures(summary.failures)
     _console().print(f"flags written to {_escape(str(kw['output']))}")

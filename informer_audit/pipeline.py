@@ -10,6 +10,7 @@ a folder and writes the flags CSV as it goes.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,7 +26,7 @@ from .errors import ImageReadError, InformerAuditError, LabelFormatError, ModelS
 from .images import find_images, load_image
 from .labels import LabelSet
 from .model import OnnxClassifier
-from .monitor import FlagMonitor, check_binding
+from .monitor import FlagMonitor, atomic_write_text, check_binding
 from .saliency import SaliencyAdapter
 
 logger = logging.getLogger(__name__)
@@ -397,10 +398,6 @@ def _write_flag_row(
 
 def write_scores_csv(path: str | Path, calibration: Calibration, classes: Sequence[str]) -> None:
     """Per-image calibration table: labels, probabilities, predictions, d and the K x K matrix."""
-    import io
-
-    from .monitor import atomic_write_text
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     header = ["path", "status", "error"]

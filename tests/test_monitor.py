@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -31,11 +32,11 @@ def test_youden_hand_computed():
     assert youden_threshold(y, p) == pytest.approx(0.8)
 
 
-def test_youden_unique_optimum():
+def test_youden_second_tie_and_perfect_separation():
     y = np.array([0, 0, 0, 1, 1, 1])
     p = np.array([0.2, 0.4, 0.5, 0.45, 0.7, 0.9])
-    # t = 0.7: J = 2/3; t = 0.45: TPR 1, FPR 1/3 -> 2/3 ... tie again; t=0.9: 1/3
-    # so the highest of the tied thresholds, 0.7.
+    # t = 0.7: TPR 2/3, FPR 0 -> J = 2/3; t = 0.45: TPR 1, FPR 1/3 -> J = 2/3 (a tie);
+    # t = 0.9: J = 1/3. The tie goes to the highest threshold, 0.7.
     assert youden_threshold(y, p) == pytest.approx(0.7)
     y2 = np.array([0, 0, 1, 1])
     p2 = np.array([0.1, 0.2, 0.3, 0.4])
@@ -160,7 +161,6 @@ def test_fit_predict_flag_audit():
         assert fit.f1_before == pytest.approx(f1_score(y[keep, j], yhat[keep, j]))
         assert fit.f1_after == pytest.approx(f1_score(y[keep, j], audited[keep, j]))
         assert fit.f1_after >= fit.f1_before  # tau = 0 is always a candidate
-    assert np.all(mon.decision_function(d) > 0) == np.all(flags)
     np.testing.assert_array_equal(mon.decision_function(d) > 0, flags)
 
 
@@ -188,10 +188,9 @@ def test_monitor_json_round_trip(tmp_path):
     np.testing.assert_array_equal(mon2.flag_thresholds_, mon.flag_thresholds_)
     for a, b in zip(mon.audit(probs, d), mon2.audit(probs, d), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert mon2.fits_ == mon.fits_ or all(
-        (a.name, a.n_flags, a.f1_after) == (b.name, b.n_flags, b.f1_after)
-        for a, b in zip(mon.fits_, mon2.fits_, strict=True)
-    )
+    for a, b in zip(mon.fits_, mon2.fits_, strict=True):
+        # every stored statistic survives the round trip (NaN, stored as null, included)
+        np.testing.assert_equal(dataclasses.astuple(a), dataclasses.astuple(b))
     # saving twice gives the same bytes
     path2 = tmp_path / "m2.json"
     save_monitor(path2, mon2, binding, cal)
