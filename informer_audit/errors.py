@@ -41,4 +41,21 @@ class DeviceUnavailableError(InformerAuditError, RuntimeError):
 
 
 class SaliencyError(InformerAuditError, ValueError):
-    """A saliency adapter is unknown or was given invalid settings."""
+    """A saliency adapter is unknown, was given invalid settings, or cannot explain this model."""
+
+
+class CheckpointError(InformerAuditError, ValueError):
+    """A PyTorch checkpoint cannot be loaded safely, or its weights do not fit the architecture."""
+
+
+class ExportError(InformerAuditError, RuntimeError):
+    """A model cannot be exported to ONNX: torch is missing, or the export or its check failed."""
+
+
+
+class EvaluationError(InformerAuditError, ValueError):
+    """Labels, probabilities or scores for a baseline or an evaluation are unusable or mismatched."""
+
+
+class ReportError(InformerAuditError, RuntimeError):
+    """The evaluation report cannot be written (matplotlib, needed for its plots, is missing)."""

@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 CARD_METADATA_KEY = "informer_audit.model_card"
 """ONNX ``metadata_props`` key under which the model card JSON is stored."""
 
+PROVENANCE_METADATA_KEY = "informer_audit.provenance"
+"""ONNX ``metadata_props`` key under which ``informer-audit export`` records where a model came
+from (tool and torch versions, architecture, checkpoint SHA-256 or random initialisation)."""
+
 CARD_FIELDS = ("class_names", "image_size", "channels", "layout", "scale", "mean", "std", "output")
 _INFO_FIELDS = ("name", "description", "architecture", "version", "source")
 LAYOUTS = ("NCHW", "NHWC")
@@ -537,7 +541,22 @@ class OnnxClassifier:
             "device": self.device,
             "device_note": self.device_note,
             "metadata_keys": sorted(self.metadata),
+            "provenance": _provenance(self.metadata),
         }
+
+
+def _provenance(metadata: Mapping[str, str]) -> Any:
+    """The exporter's provenance record, parsed; the raw text when it is not JSON; else None.
+
+    Provenance is shown, never used to preprocess, so a damaged entry is displayed, not refused.
+    """
+    raw = metadata.get(PROVENANCE_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def _make_session(path: Path, device: str, threads: int | None) -> tuple[Any, str, str]:
