@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from informer_audit.adapters.fd import FiniteDifferenceIxG
 
+from informer_audit.adapters.fd import FiniteDifferenceIxG
 from informer_audit.images import find_images, load_image
 from informer_audit.model import OnnxClassifier
 

@@ -29,12 +29,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 # 0 and 1 come from the run's summary object (its return_code); refusals map here.
 EXIT_REFUSED, EXIT_DEVICE = 2, 3
 
-_SALIENCY_PARAMS = {
-    # CLI option destination -> adapter parameter name
-    "patch_size": "patch_size",
-    "fd_step": "step",
-    "fd_scheme": "scheme",
+# CLI option destination -> (adapter, parameter). An option meant for another adapter than the
+# one in use is refused rather than ignored.
+_SALIENCY_PARAMS: dict[str, tuple[str, str]] = {
+    "patch_size": ("fd", "patch_size"),
+    "fd_step": ("fd", "step"),
+    "fd_scheme": ("fd", "scheme"),
+    "lime_samples": ("lime", "num_samples"),
+    "lime_segmentation": ("lime", "segmentation"),
+    "lime_kernel_size": ("lime", "kernel_size"),
+    "lime_max_dist": ("lime", "max_dist"),
+    "lime_ratio": ("lime", "ratio"),
+    "lime_segments": ("lime", "n_segments"),
+    "lime_compactness": ("lime", "compactness"),
+    "lime_fill": ("lime", "fill"),
+    "lime_kernel_width": ("lime", "kernel_width"),
+    "lime_target": ("lime", "target"),
+    "lime_seed": ("lime", "seed"),
+    "gradient_batch_size": ("gradient", "batch_size"),
 }
+# Adapters whose batch size is --batch-size (images per ONNX Runtime run).
+_ORT_BATCHED = ("fd", "lime")
 
 
 def _console(stderr: bool = False) -> Any:
@@ -137,11 +152,62 @@ def saliency_options(func: F) -> F:
             "--fd-scheme", type=click.Choice(["central", "forward"]), help="fd: scheme [central]."
         ),
         click.option(
+            "--lime-samples",
+            type=click.IntRange(min=2),
+            help="lime: perturbed samples (forward passes) per image [1000].",
+        ),
+        click.option(
+            "--lime-segmentation",
+            type=click.Choice(["quickshift", "slic"]),
+            help="lime: superpixels [quickshift, with lime's defaults].",
+        ),
+        click.option("--lime-kernel-size", type=float, help="lime: quickshift kernel_size [4]."),
+        click.option("--lime-max-dist", type=float, help="lime: quickshift max_dist [200]."),
+        click.option("--lime-ratio", type=float, help="lime: quickshift ratio [0.2]."),
+        click.option(
+            "--lime-segments", type=click.IntRange(min=2), help="lime: SLIC n_segments [50]."
+        ),
+        click.option("--lime-compactness", type=float, help="lime: SLIC compactness [10]."),
+        click.option(
+            "--lime-fill",
+            help="lime: hidden segments take their mean colour ('mean') or this pixel value "
+            "on the 8-bit scale [mean].",
+        ),
+        click.option(
+            "--lime-kernel-width", type=float, help="lime: kernel width on cosine distance [0.25]."
+        ),
+        click.option(
+            "--lime-target",
+            type=click.Choice(["probability", "logit"]),
+            help="lime: what the ridge regressions explain [probability].",
+        ),
+        click.option(
+            "--lime-seed",
+            type=click.IntRange(min=0),
+            help="lime: seed; each image's samples derive from it and the image's content [0].",
+        ),
+        click.option(
+            "--torch-weights",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="gradient: differentiate this PyTorch checkpoint instead of converting the ONNX "
+            "file (checked to give the ONNX model's scores).",
+        ),
+        click.option(
+            "--torch-arch",
+            help="gradient: architecture of --torch-weights (default: the one the ONNX file's "
+            "export provenance names).",
+        ),
+        click.option(
+            "--gradient-batch-size",
+            type=click.IntRange(min=1),
+            help="gradient: images per torch forward pass (does not change results) [8].",
+        ),
+        click.option(
             "--batch-size",
             type=click.IntRange(min=1),
             default=32,
             show_default=True,
-            help="Images per ONNX Runtime run (does not change results).",
+            help="fd, lime: images per ONNX Runtime run (does not change results).",
         ),
     ]
     for decorator in reversed(decorators):
@@ -197,13 +263,63 @@ def _load_model(
     )
 
 
-def _pop_saliency(kw: dict[str, Any]) -> dict[str, Any]:
-    given = {}
-    for opt, param in _SALIENCY_PARAMS.items():
+def _pop_saliency(kw: dict[str, Any], adapter: str) -> dict[str, Any]:
+    """The adapter parameters given on the command line; options of other adapters refused."""
+    given: dict[str, Any] = {}
+    for opt, (owner, param) in _SALIENCY_PARAMS.items():
         value = kw.pop(opt, None)
-        if value is not None:
-            given[param] = value
+        if value is None:
+            continue
+        if owner != adapter:
+            flag = "--" + opt.replace("_", "-")
+            raise click.UsageError(f"{flag} applies to --saliency {owner}, not {adapter}")
+        if opt == "lime_fill" and value != "mean":
+            try:
+                value = float(value)
+            except ValueError as exc:
+                raise click.BadParameter(
+                    f"expected 'mean' or a pixel value, got {value!r}", param_hint="--lime-fill"
+                ) from exc
+        given[param] = value
+    batch_size = kw.pop("batch_size", None)
+    if adapter in _ORT_BATCHED and batch_size is not None:
+        given["batch_size"] = batch_size
     return given
+
+
+def _torch_module(kw: dict[str, Any], model: Any, adapter: str) -> dict[str, Any]:
+    """``module=`` for the gradient adapter from --torch-weights/--torch-arch, or nothing."""
+    weights, arch_name = kw.pop("torch_weights", None), kw.pop("torch_arch", None)
+    if weights is None and arch_name is None:
+        return {}
+    if adapter != "gradient":
+        raise click.UsageError(
+            f"--torch-weights/--torch-arch apply to --saliency gradient, not {adapter}"
+        )
+    if weights is None:
+        raise click.UsageError("--torch-arch needs --torch-weights")
+    import json
+
+    from .export import available_architectures, get_architecture, load_weights
+    from .model import PROVENANCE_METADATA_KEY
+
+    if arch_name is None:
+        try:
+            arch_name = json.loads(model.metadata.get(PROVENANCE_METADATA_KEY, "{}")).get(
+                "architecture"
+            )
+        except (ValueError, AttributeError):
+            arch_name = None
+    if not arch_name:
+        raise click.UsageError(
+            f"{model.path} does not say which architecture it was exported from: give "
+            f"--torch-arch (one of {available_architectures()})"
+        )
+    arch = get_architecture(arch_name)
+    module = arch.build(len(model.card.class_names), model.card.channels)
+    load_weights(module, weights, arch.rename_key)
+    module.eval()
+    return {"module": module}
 
 
 def _progress() -> Any:
@@ -364,7 +480,8 @@ def calibrate(**kw: Any) -> None:
     from .saliency import get_adapter
 
     model = _load_model(kw)
-    adapter = get_adapter(kw["saliency"] or "fd", batch_size=kw["batch_size"], **_pop_saliency(kw))
+    name = kw["saliency"] or "fd"
+    adapter = get_adapter(name, **_pop_saliency(kw, name), **_torch_module(kw, model, name))
     class_map = parse_class_map(kw["classes"], list(model.card.class_names))
     labels = read_labels(
         kw["labels_csv"],
@@ -504,8 +621,9 @@ def flag(**kw: Any) -> None:
             f"{kw['monitor_path']} was fitted with saliency {settings.get('name')!r}, "
             f"this run asks for {kw['saliency']!r}"
         )
-    requested = {**settings, **_pop_saliency(kw)}
-    adapter = adapter_from_settings(requested, batch_size=kw["batch_size"])
+    name = str(settings.get("name"))
+    given = _pop_saliency(kw, name)
+    adapter = adapter_from_settings({**settings, **given}, **_torch_module(kw, model, name))
     auditor = Auditor(model, adapter, binding["audited_classes"])
     err = _console(stderr=True)
     err.print(f"[bold]flag[/]: saliency {adapter.settings()}; device {model.device_note}")
@@ -556,6 +674,134 @@ def _render_flag_summary(summary: Any) -> None:
             _fmt(rate),
             str(summary.audited[j]),
         )
+    _console().print(table)
+
+
+def _export_architectures() -> list[str]:
+    # informer_audit.export imports torch only inside its functions: the registry is light.
+    from .export import available_architectures
+
+    return available_architectures()
+
+
+@cli.command("export")
+@click.argument("architecture", metavar="ARCH", type=click.Choice(_export_architectures()))
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PyTorch checkpoint: a state_dict, or a dict holding one under state_dict / model / "
+    "model_state_dict; 'module.' and 'model.' prefixes are stripped. Read with "
+    "weights_only=True.",
+)
+@click.option(
+    "--random-init",
+    is_flag=True,
+    help="No checkpoint: seeded random weights (tests and timing); recorded in the metadata.",
+)
+@click.option(
+    "--classes",
+    required=True,
+    help="Comma-separated class names, in the order of the model's outputs.",
+)
+@click.option("--image-size", required=True, help="Input size as H,W (or one number).")
+@click.option(
+    "--channels", type=click.Choice(["1", "3"]), default="3", show_default=True, help="Channels."
+)
+@click.option(
+    "--mean", help="Comma-separated per-channel mean [3 channels: ImageNet 0.485,0.456,0.406]."
+)
+@click.option(
+    "--std", help="Comma-separated per-channel std [3 channels: ImageNet 0.229,0.224,0.225]."
+)
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=255.0,
+    show_default=True,
+    help="Pixels are divided by this before mean/std.",
+)
+@click.option(
+    "--opset",
+    type=click.IntRange(min=7),
+    default=17,
+    show_default=True,
+    help="ONNX opset (17: ONNX Runtime and onnx2torch both handle it).",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=1e-4,
+    show_default=True,
+    help="Largest accepted |torch - ONNX Runtime| difference in the check.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of --random-init and of the check's random inputs.",
+)
+@output_option("ONNX file to write (only once it passed the check).")
+@_handle_errors
+def export_command(**kw: Any) -> None:
+    """Export a PyTorch classifier to ONNX with its model card in the metadata, and verify it.
+
+    The file then needs no preprocessing options: info, calibrate and flag read the class names,
+    input size and normalisation from it. Needs torch (pip install "informer-audit[torch]").
+    """
+    from .export import export_architecture
+
+    size = _split_list(kw["image_size"], int)
+    if not size or len(size) > 2:
+        raise click.BadParameter(
+            f"expected H,W or one number, got {kw['image_size']!r}", param_hint="--image-size"
+        )
+    result = export_architecture(
+        kw["architecture"],
+        kw["output"],
+        class_names=_split_list(kw["classes"]) or [],
+        image_size=size,
+        weights=kw["weights"],
+        random_init=kw["random_init"],
+        channels=int(kw["channels"]),
+        mean=_split_list(kw["mean"], float),
+        std=_split_list(kw["std"], float),
+        scale=kw["scale"],
+        opset=kw["opset"],
+        tolerance=kw["tolerance"],
+        seed=kw["seed"],
+    )
+    from rich.table import Table
+
+    card, prov = result.card, result.provenance
+    checkpoint = prov.get("checkpoint")
+    h, w = card.image_size
+    mean, std = (", ".join(f"{v:g}" for v in values) for values in (card.mean, card.std))
+    table = Table(title=f"Exported {kw['architecture']}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    rows = [
+        ("output", str(result.path)),
+        ("sha256", result.sha256),
+        (
+            "weights",
+            f"{checkpoint['file']} (sha256 {checkpoint['sha256']}; {checkpoint['layout']})"
+            if checkpoint
+            else f"random initialisation (seed {prov.get('random_init_seed')})",
+        ),
+        ("classes", ", ".join(card.class_names)),
+        ("input", f"{prov['input']} (batch, {card.channels}, {h}, {w}) float32, NCHW"),
+        ("preprocessing", f"pixels / {card.scale:g}, mean {mean}, std {std}"),
+        ("output", f"{prov['output']} (batch, {len(card.class_names)}), {card.output}"),
+        ("opset", f"{prov['opset']} ({prov['exporter']}, torch {prov['torch_version']})"),
+        (
+            "check",
+            f"max |torch - ONNX Runtime| = {result.max_abs_diff:.3g} on {result.n_verified} "
+            f"random inputs (tolerance {result.tolerance:g}): passed",
+        ),
+    ]
+    for key, value in rows:
+        table.add_row(key, _escape(value))
     _console().print(table)
 
 

@@ -22,7 +22,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .distinctiveness import cosine_distance_matrix, distinctiveness
-from .errors import ImageReadError, InformerAuditError, LabelFormatError, ModelSpecError
+from .errors import (
+    ImageReadError,
+    InformerAuditError,
+    LabelFormatError,
+    ModelSpecError,
+    SaliencyError,
+)
 from .images import find_images, load_image
 from .labels import LabelSet
 from .model import OnnxClassifier
@@ -164,8 +170,8 @@ class Auditor:
             return results
         try:
             self._score(loaded)
-        except ModelSpecError:
-            raise  # a model problem, not a file problem: stop the run
+        except (ModelSpecError, SaliencyError):
+            raise  # a model or adapter problem, not a file problem: stop the run
         except Exception as exc:  # isolate the image that makes the runtime fail
             if len(loaded) == 1:
                 loaded[0][0].error = f"scoring failed: {type(exc).__name__}: {exc}"
@@ -173,7 +179,7 @@ class Auditor:
                 for pair in loaded:
                     try:
                         self._score([pair])
-                    except ModelSpecError:
+                    except (ModelSpecError, SaliencyError):
                         raise
                     except Exception as exc1:
                         pair[0].error = f"scoring failed: {type(exc1).__name__}: {exc1}"

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_images
 
+from conftest import write_images
 from informer_audit.cli import cli
 
 
@@ -42,7 +42,7 @@ def invoke(*args):
     return result
 
 
-def calibrate(s, *extra, out="monitor.json"):
+def calibrate(s, *extra, out="monitor.json", saliency=("--patch-size", 8)):
     return invoke(
         "calibrate",
         s["model"],
@@ -52,8 +52,7 @@ def calibrate(s, *extra, out="monitor.json"):
         s["labels"],
         "-o",
         s["tmp"] / out,
-        "--patch-size",
-        8,
+        *saliency,
         "--device",
         "cpu",
         *extra,
@@ -302,3 +301,63 @@ def test_flag_takes_the_card_from_the_monitor_for_a_bare_model(setup, tiny_model
         out=tmp_path / "g.csv",
     )
     assert g.exit_code == 2 and "preprocessing.mean" in g.output
+
+
+# -- choosing the saliency adapter ----------------------------------------------------------------
+def test_lime_settings_go_into_the_monitor_and_bind_flag(setup):
+    lime = ("--saliency", "lime", "--lime-samples", 24, "--lime-seed", 3, "--lime-fill", "0")
+    result = calibrate(setup, saliency=lime)
+    assert result.exit_code == 0, result.output
+    saliency = json.loads((setup["tmp"] / "monitor.json").read_text())["binding"]["saliency"]
+    assert saliency["name"] == "lime"
+    assert (saliency["num_samples"], saliency["seed"], saliency["fill"]) == (24, 3, 0.0)
+    assert "batch_size" not in saliency  # does not change maps
+    assert flag(setup).exit_code == 0
+    rows = read_rows(setup["tmp"] / "flags.csv")
+    assert len(rows) == 7 and all(r["error"] == "" for r in rows)
+    refused = flag(setup, "--lime-samples", 25)
+    assert refused.exit_code == 2
+    assert "num_samples is 24 in the monitor but 25 for this run" in refused.output
+
+
+def test_flag_refuses_another_adapter_than_the_monitors(setup):
+    assert calibrate(setup).exit_code == 0
+    result = flag(setup, "--saliency", "lime")
+    assert result.exit_code == 2
+    assert "fitted with saliency 'fd'" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--saliency", "fd", "--lime-samples", 10), "--lime-samples applies to --saliency lime"),
+        (("--saliency", "lime", "--patch-size", 8), "--patch-size applies to --saliency fd"),
+        (("--saliency", "lime", "--lime-fill", "grey"), "expected 'mean' or a pixel value"),
+        (("--saliency", "lime", "--lime-kernel-width", -1), "kernel_width"),
+        (("--saliency", "gradient", "--fd-step", 0.01), "--fd-step applies to --saliency fd"),
+    ],
+)
+def test_saliency_options_for_another_adapter_are_refused(setup, args, message):
+    result = calibrate(setup, saliency=args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+@pytest.mark.torch
+def test_gradient_adapter_end_to_end(setup):
+    pytest.importorskip("torch", reason="the exact-gradient adapter needs torch")
+    result = calibrate(setup, saliency=("--saliency", "gradient", "--gradient-batch-size", 5))
+    assert result.exit_code == 0, result.output
+    binding = json.loads((setup["tmp"] / "monitor.json").read_text())["binding"]
+    assert binding["saliency"] == {"name": "gradient"}
+    assert flag(setup).exit_code == 0
+    assert len(read_rows(setup["tmp"] / "flags.csv")) == 7
+
+
+def test_gradient_adapter_without_torch_says_how_to_install(setup, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    result = calibrate(setup, saliency=("--saliency", "gradient"))
+    assert result.exit_code == 2
+    assert "needs torch" in result.output and "pip install" in result.output

@@ -4,36 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from informer_audit.adapters.fd import FiniteDifferenceIxG
 
+from conftest import analytic_ixg, patch_sum
+from informer_audit.adapters.fd import FiniteDifferenceIxG
 from informer_audit.errors import SaliencyError
 from informer_audit.model import OnnxClassifier
 from informer_audit.saliency import available_adapters, get_adapter
-
-
-def patch_sum(full: np.ndarray, s: int) -> np.ndarray:
-    """(N, K, C, H, W) -> (N, K, ceil(H/s), ceil(W/s)) sums over channels and patches."""
-    n, k, c, h, w = full.shape
-    gh, gw = -(-h // s), -(-w // s)
-    out = np.zeros((n, k, gh, gw))
-    for r in range(gh):
-        for q in range(gw):
-            block = full[:, :, :, r * s : (r + 1) * s, q * s : (q + 1) * s]
-            out[:, :, r, q] = block.sum(axis=(2, 3, 4))
-    return out
-
-
-def analytic_ixg(x: np.ndarray, params: dict) -> np.ndarray:
-    """x (N, C, H, W) -> exact x * dz/dx, (N, K, C, H, W), in float64."""
-    n = x.shape[0]
-    flat = x.reshape(n, -1).astype(np.float64)
-    w, w1 = params["W"], params["W1"]
-    if w1 is None:
-        grad = np.broadcast_to(w.T[None], (n, *w.T.shape))  # (N, K, D)
-    else:
-        act = 1.0 - np.tanh(flat @ w1) ** 2  # (N, Hd)
-        grad = np.einsum("dh,nh,hk->nkd", w1, act, w)
-    return (grad * flat[:, None, :]).reshape(n, w.shape[1], *x.shape[1:])
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:

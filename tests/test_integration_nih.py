@@ -8,8 +8,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import NIH, REF_CARD, REF_MODEL, needs_shared
 
+from conftest import NIH, REF_CARD, REF_MODEL, needs_shared
 from informer_audit.cli import cli
 
 pytestmark = [needs_shared, pytest.mark.shared, pytest.mark.slow]

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import build_linear_model, card_dict
 from onnx import TensorProto, helper
 from PIL import Image
 
+from conftest import build_linear_model, card_dict
 from informer_audit.errors import DeviceUnavailableError, InformerAuditError, ModelSpecError
 from informer_audit.model import (
     CARD_FIELDS,

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import card_dict, write_images
-from informer_audit.adapters.fd import FiniteDifferenceIxG
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from conftest import card_dict, write_images
+from informer_audit.adapters.fd import FiniteDifferenceIxG
 from informer_audit.distinctiveness import cosine_distance_matrix, distinctiveness
 from informer_audit.errors import LabelFormatError
 from informer_audit.model import OnnxClassifier
