@@ -52,9 +52,8 @@ class ExportError(InformerAuditError, RuntimeError):
     """A model cannot be exported to ONNX: torch is missing, or the export or its check failed."""
 
 
-
 class EvaluationError(InformerAuditError, ValueError):
-    """Labels, probabilities or scores for a baseline or an evaluation are unusable or mismatched."""
+    """Labels, probabilities or scores given to a baseline or an evaluation are unusable."""
 
 
 class ReportError(InformerAuditError, RuntimeError):
