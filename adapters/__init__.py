@@ -7,5 +7,7 @@ adapter that needs no optional dependency at import time.
 from __future__ import annotations
 
 from .fd import FiniteDifferenceIxG
+from .gradient import ExactGradientIxG
+from .lime import LimeSaliency
 
-__all__ = ["FiniteDifferenceIxG"]
+__all__ = ["ExactGradientIxG", "FiniteDifferenceIxG", "LimeSaliency"]

@@ -245,6 +245,8 @@ def prepare_graph(proto: Any, source: str = "model") -> Any:
     onnx2torch = import_onnx2torch()
     registry = importlib.import_module("onnx2torch.node_converters.registry")
     if proto.functions:
+        import onnx.inliner
+
         proto = onnx.inliner.inline_local_functions(proto)
     opsets = {imp.domain or "": imp.version for imp in proto.opset_import}
     opset = opsets.get("", opsets.get("ai.onnx", TARGET_OPSET))
