@@ -222,8 +222,10 @@ def test_hidden_segments_take_the_fill(model, monkeypatch, fill):
     lime = LimeSaliency(num_samples=30, fill=fill, batch_size=100, **FINE)
     lime.explain(model, x)
     sent = np.concatenate(recorder.batches)
-    assert sent.shape == (30, *x.shape[1:])
-    np.testing.assert_array_equal(sent[0], x[0])  # sample 0 is the image itself
+    plan = lime._plan(model, x[0])
+    assert sent.shape == (len(plan.unique), *x.shape[1:])  # each distinct mask once
+    # the all-ones mask (sample 0) is the image itself
+    np.testing.assert_array_equal(sent[plan.inverse[0]], x[0])
     shown = np.isclose(sent, x[0][None], atol=0)
     if fill == "mean":
         segments = lime._plan(model, x[0]).segments
@@ -389,3 +391,22 @@ def test_invalid_settings_are_refused(kwargs, match):
 def test_wrong_input_shape_is_refused(model):
     with pytest.raises(SaliencyError, match=r"expected preprocessed input of shape \(N, 3, H, W\)"):
         LimeSaliency(num_samples=10).explain(model, np.zeros((2, 1, 32, 32), np.float32))
+
+
+def test_repeated_masks_are_scored_once_with_the_same_maps(model, monkeypatch):
+    """Few segments make masks repeat; scoring each distinct mask once changes nothing."""
+    x = images(model, 2)
+    lime = LimeSaliency(num_samples=200, segmentation="slic", n_segments=4, compactness=10.0)
+    plans = [lime._plan(model, x[i]) for i in range(2)]
+    distinct = sum(len(p.unique) for p in plans)
+    assert distinct < 2 * 200  # 4 segments: at most 16 distinct masks per image
+    model.n_forward = 0
+    maps = lime.explain(model, x)
+    assert model.n_forward == distinct
+    # Reference: score all 200 masks of each image, repeats included, and fit the same ridge.
+    for i, plan in enumerate(plans):
+        shown = plan.masks[:, plan.segments][:, None]  # (200, 1, H, W)
+        perturbed = np.where(shown, x[i][None], plan.fill[None]).astype(np.float32)
+        z = model.logits(perturbed)
+        coef, _ = weighted_ridge(plan.masks, 0.5 * (1 + np.tanh(0.5 * z)), plan.weights, 1.0)
+        np.testing.assert_allclose(maps[i], coef.T[:, plan.segments], rtol=1e-6, atol=1e-9)
