@@ -133,12 +133,36 @@ def model_options(func: F) -> F:
     return func
 
 
-def saliency_options(func: F) -> F:
-    """Saliency adapter choice and settings; choices come from the adapter registry."""
+def _adapter_list(ctx: click.Context, param: click.Parameter, value: Any) -> list[str] | None:
+    """``--saliency fd,lime`` (or repeated): distinct registered adapter names, in order."""
+    from .saliency import available_adapters
+
+    names = [v.strip() for text in value or () for v in text.split(",") if v.strip()]
+    valid = sorted(available_adapters())
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise click.BadParameter(f"unknown adapter(s) {unknown}; choose from {valid}")
+    return list(dict.fromkeys(names)) or None
+
+
+def saliency_options(func: F, several: bool = False) -> F:
+    """Saliency adapter choice and settings; choices come from the adapter registry.
+
+    With ``several`` (``functools.partial(saliency_options, several=True)``), ``--saliency``
+    takes a comma-separated list (or is repeated) and arrives as a list of names.
+    """
     from .saliency import available_adapters
 
     decorators = [
         click.option(
+            "--saliency",
+            multiple=True,
+            callback=_adapter_list,
+            help="Saliency adapters of INFORMER, comma-separated or repeated, one result row "
+            f"each (choices: {', '.join(sorted(available_adapters()))}) [fd].",
+        )
+        if several
+        else click.option(
             "--saliency",
             type=click.Choice(sorted(available_adapters())),
             default=None,
@@ -236,6 +260,98 @@ def output_option(help_text: str) -> Callable[[F], F]:
     )
 
 
+def tta_options(func: F) -> F:
+    """Settings of the TTA baseline that change its score."""
+    decorators = [
+        click.option(
+            "--tta-copies",
+            type=click.IntRange(min=2),
+            help="tta: augmented copies per image [10].",
+        ),
+        click.option(
+            "--tta-seed",
+            type=click.IntRange(min=0),
+            help="tta: seed; each image's augmentations derive from it and the image's content "
+            "[calibrate: 0; flag: the monitor's; evaluate: --seed].",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def cache_option(help_text: str) -> Callable[[F], F]:
+    """``--cache DIR``: the per-image score cache; the help says the default."""
+    return click.option(
+        "--cache",
+        "cache_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
+def method_options(func: F) -> F:
+    """``--method`` (the monitor's raw score), the TTA settings and ``--cache``."""
+    from .baselines import METHODS
+
+    decorators = [
+        click.option(
+            "--method",
+            type=click.Choice(list(METHODS)),
+            help="Monitor score: informer (class distinctiveness d, with --saliency), entropy, "
+            "tta or msp (no saliency map) [calibrate: informer; flag: the monitor's].",
+        ),
+        tta_options,
+        cache_option("Per-image score cache folder (default: none)."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def label_options(func: F) -> F:
+    """How a labels CSV is read and filtered, which classes are audited, the flag grid."""
+    decorators = [
+        click.option(
+            "--classes",
+            help="Model classes to audit, optionally mapped to label columns: "
+            "'Atelectasis,Effusion=Pleural Effusion'. Default: every model class, same-named "
+            "columns.",
+        ),
+        click.option(
+            "--label-format",
+            type=click.Choice(["auto", "plain", "chexpert", "nih"]),
+            default="auto",
+            show_default=True,
+        ),
+        click.option(
+            "--uncertain",
+            type=click.Choice(["exclude-image", "exclude-class", "zero", "one"]),
+            default="exclude-image",
+            show_default=True,
+            help="CheXpert -1 labels: drop the image (the paper's choice), drop only that class, "
+            "count as 0, or count as 1.",
+        ),
+        click.option("--frontal-only", is_flag=True, help="Keep frontal views only."),
+        click.option(
+            "--require-finding",
+            is_flag=True,
+            help="The paper's cohort rule: drop images with none of the audited findings.",
+        ),
+        click.option("--path-column", help="Name of the CSV column holding image paths."),
+        click.option(
+            "--grid-step",
+            type=click.FloatRange(min=0, min_open=True),
+            default=0.001,
+            show_default=True,
+            help="Flag-threshold grid step.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
 def _load_model(
     kw: dict[str, Any], fallback: dict[str, Any] | None = None, source: str = ""
 ) -> Any:
@@ -320,6 +436,35 @@ def _torch_module(kw: dict[str, Any], model: Any, adapter: str) -> dict[str, Any
     load_weights(module, weights, arch.rename_key)
     module.eval()
     return {"module": module}
+
+
+def _refuse_saliency(kw: dict[str, Any], method: str) -> None:
+    """Pop the saliency options; refuse any that was given, since ``method`` has no maps."""
+    for opt in ("saliency", *_SALIENCY_PARAMS, "torch_weights", "torch_arch"):
+        value = kw.pop(opt, None)
+        if value is not None and value != []:
+            flag = "--" + opt.replace("_", "-")
+            raise click.UsageError(
+                f"{flag} applies to --method informer (saliency maps), not {method}"
+            )
+
+
+def _pop_tta(kw: dict[str, Any], method_uses_tta: bool) -> dict[str, Any]:
+    """The TTA settings given on the command line; refused for methods other than tta."""
+    given = {
+        param: value
+        for opt, param in (("tta_copies", "copies"), ("tta_seed", "seed"))
+        if (value := kw.pop(opt, None)) is not None
+    }
+    if given and not method_uses_tta:
+        raise click.UsageError("--tta-copies/--tta-seed apply to the tta method only")
+    return given
+
+
+def _score_cache(directory: Path | None) -> Any:
+    from .cache import ScoreCache
+
+    return ScoreCache(directory) if directory is not None else None
 
 
 def _progress() -> Any:
@@ -426,45 +571,15 @@ def info(as_json: bool, **kw: Any) -> None:
     help="Labels CSV: plain (path + 0/1 per class), CheXpert, or NIH Data_Entry.",
 )
 @output_option("Monitor JSON to write.")
-@click.option(
-    "--classes",
-    help="Model classes to audit, optionally mapped to label columns: "
-    "'Atelectasis,Effusion=Pleural Effusion'. Default: every model class, same-named columns.",
-)
-@click.option(
-    "--label-format",
-    type=click.Choice(["auto", "plain", "chexpert", "nih"]),
-    default="auto",
-    show_default=True,
-)
-@click.option(
-    "--uncertain",
-    type=click.Choice(["exclude-image", "exclude-class", "zero", "one"]),
-    default="exclude-image",
-    show_default=True,
-    help="CheXpert -1 labels: drop the image (the paper's choice), drop only that class, "
-    "count as 0, or count as 1.",
-)
-@click.option("--frontal-only", is_flag=True, help="Keep frontal views only.")
-@click.option(
-    "--require-finding",
-    is_flag=True,
-    help="The paper's cohort rule: drop images with none of the audited findings.",
-)
+@label_options
 @click.option("--split", help="Keep only rows whose 'split' column has this value (e.g. val).")
-@click.option("--path-column", help="Name of the CSV column holding image paths.")
-@click.option(
-    "--grid-step",
-    type=click.FloatRange(min=0, min_open=True),
-    default=0.001,
-    show_default=True,
-    help="Flag-threshold grid step.",
-)
 @click.option(
     "--scores-csv",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write per-image scores: labels, probabilities, d and the K x K distance matrix.",
+    help="Also write per-image scores: labels, probabilities, d (or the baseline's score) and, "
+    "for informer, the K x K distance matrix.",
 )
+@method_options
 @saliency_options
 @_handle_errors
 def calibrate(**kw: Any) -> None:
@@ -480,8 +595,15 @@ def calibrate(**kw: Any) -> None:
     from .saliency import get_adapter
 
     model = _load_model(kw)
-    name = kw["saliency"] or "fd"
-    adapter = get_adapter(name, **_pop_saliency(kw, name), **_torch_module(kw, model, name))
+    method = kw.pop("method") or "informer"
+    tta = _pop_tta(kw, method == "tta")
+    batch_size = kw["batch_size"]
+    adapter = None
+    if method == "informer":
+        name = kw["saliency"] or "fd"
+        adapter = get_adapter(name, **_pop_saliency(kw, name), **_torch_module(kw, model, name))
+    else:
+        _refuse_saliency(kw, method)
     class_map = parse_class_map(kw["classes"], list(model.card.class_names))
     labels = read_labels(
         kw["labels_csv"],
@@ -494,12 +616,20 @@ def calibrate(**kw: Any) -> None:
         split=kw["split"],
         path_column=kw["path_column"],
     )
-    auditor = Auditor(model, adapter, list(class_map))
+    auditor = Auditor(
+        model,
+        adapter,
+        list(class_map),
+        method=method,
+        tta=tta if method == "tta" else None,
+        tta_batch_size=batch_size,
+        cache=_score_cache(kw["cache_dir"]),
+    )
     err = _console(stderr=True)
     err.print(
         f"[bold]calibrate[/]: {len(labels)} labelled images from {_escape(str(kw['labels_csv']))}"
         + (f" (dropped: {labels.excluded})" if any(labels.excluded.values()) else "")
-        + f"; saliency {adapter.settings()}; device {model.device_note}"
+        + f"; {_scoring_note(auditor)}; device {model.device_note}"
     )
     with _progress() as progress:
         task = progress.add_task("calibrating", total=len(labels))
@@ -529,14 +659,27 @@ def calibrate(**kw: Any) -> None:
         write_scores_csv(kw["scores_csv"], result, auditor.classes)
     _render_calibration(result)
     _render_failures([(f.key, str(f.error)) for f in result.failures])
+    _render_cache(auditor)
     _console().print(f"monitor written to {_escape(str(kw['output']))}")
     sys.exit(result.return_code)
+
+
+def _scoring_note(auditor: Any) -> str:
+    if auditor.adapter is not None:
+        return f"saliency {auditor.adapter.settings()}"
+    return f"method {auditor.method}" + (f" {auditor.tta}" if auditor.tta else "")
 
 
 def _render_calibration(result: Any) -> None:
     from rich.table import Table
 
-    table = Table(title=f"Calibration on {len(result.results)} images (INFORMER, d < τ flags)")
+    mon = result.monitor
+    rule = (
+        "INFORMER, d < τ flags"
+        if mon.method == "informer"
+        else f"{mon.method}, score {'<' if mon.direction == 'below' else '>'} τ flags"
+    )
+    table = Table(title=f"Calibration on {len(result.results)} images ({rule})")
     for col in (
         "class",
         "n",
@@ -572,6 +715,14 @@ def _render_calibration(result: Any) -> None:
         console.print(f"[yellow]note[/] {_escape(note)}")
 
 
+def _render_cache(auditor: Any) -> None:
+    if auditor.cache is not None:
+        _console(stderr=True).print(
+            f"score cache: {auditor.cache_hits} hit(s), {auditor.cache_misses} computed "
+            f"({_escape(str(auditor.cache.directory))})"
+        )
+
+
 def _render_failures(failures: list[tuple[str, str]]) -> None:
     if not failures:
         return
@@ -595,38 +746,66 @@ def _render_failures(failures: list[tuple[str, str]]) -> None:
 @images_option("Folder audited recursively (PNG, JPEG, BMP, TIFF).")
 @output_option("Flags CSV to write (one row per image).")
 @click.option(
-    "--with-matrix", is_flag=True, help="Add the K x K cosine-distance matrix (dist_A|B columns)."
+    "--with-matrix",
+    is_flag=True,
+    help="Add the K x K cosine-distance matrix (dist_A|B columns; informer only).",
 )
+@method_options
 @saliency_options
 @_handle_errors
 def flag(**kw: Any) -> None:
     """Audit every image under a folder with a fitted monitor; write one CSV row per image.
 
-    Saliency settings and, for a model without metadata, the model card come from the monitor;
-    settings given here must match it.
+    The method, its settings (saliency or TTA) and, for a model without metadata, the model
+    card come from the monitor; settings given here must match it.
     """
     from .errors import MonitorMismatchError
     from .monitor import load_monitor
-    from .pipeline import Auditor, flag_folder
+    from .pipeline import Auditor, binding_method, flag_folder, tta_params
     from .saliency import adapter_from_settings
 
     monitor, binding, _ = load_monitor(kw["monitor_path"])
+    method = kw.pop("method") or monitor.method
+    if method != monitor.method:
+        raise MonitorMismatchError(
+            f"{kw['monitor_path']} was fitted with --method {monitor.method}; this run asks for "
+            f"--method {method}"
+        )
+    if kw["with_matrix"] and method != "informer":
+        raise click.UsageError(
+            f"--with-matrix needs saliency maps: it applies to --method informer, not {method}"
+        )
+    tta = _pop_tta(kw, method == "tta")
+    batch_size = kw["batch_size"]
     # A model without metadata needs no --model-card here: the monitor holds the card it was
     # fitted with, and is bound to this very file (checked below).
     monitor_card = {"class_names": binding["class_names"], **binding["preprocessing"]}
     model = _load_model(kw, monitor_card, f"monitor {kw['monitor_path']}")
-    settings = dict(binding["saliency"])
-    if kw["saliency"] and kw["saliency"] != settings.get("name"):
-        raise MonitorMismatchError(
-            f"{kw['monitor_path']} was fitted with saliency {settings.get('name')!r}, "
-            f"this run asks for {kw['saliency']!r}"
-        )
-    name = str(settings.get("name"))
-    given = _pop_saliency(kw, name)
-    adapter = adapter_from_settings({**settings, **given}, **_torch_module(kw, model, name))
-    auditor = Auditor(model, adapter, binding["audited_classes"])
+    adapter = None
+    if method == "informer":
+        settings = dict(binding["saliency"])
+        if kw["saliency"] and kw["saliency"] != settings.get("name"):
+            raise MonitorMismatchError(
+                f"{kw['monitor_path']} was fitted with saliency {settings.get('name')!r}, "
+                f"this run asks for {kw['saliency']!r}"
+            )
+        name = str(settings.get("name"))
+        given = _pop_saliency(kw, name)
+        adapter = adapter_from_settings({**settings, **given}, **_torch_module(kw, model, name))
+    else:
+        _refuse_saliency(kw, method)
+    auditor = Auditor(
+        model,
+        adapter,
+        binding["audited_classes"],
+        method=method,
+        # the monitor's TTA settings, with those given here (checked against the monitor below)
+        tta={**tta_params(binding_method(binding)), **tta} if method == "tta" else None,
+        tta_batch_size=batch_size,
+        cache=_score_cache(kw["cache_dir"]),
+    )
     err = _console(stderr=True)
-    err.print(f"[bold]flag[/]: saliency {adapter.settings()}; device {model.device_note}")
+    err.print(f"[bold]flag[/]: {_scoring_note(auditor)}; device {model.device_note}")
     progress = _progress()
     task = progress.add_task("auditing", total=None)
 
@@ -652,6 +831,7 @@ def flag(**kw: Any) -> None:
         progress.stop()
     _render_flag_summary(summary)
     _render_failures(summary.failures)
+    _render_cache(auditor)
     _console().print(f"flags written to {_escape(str(kw['output']))}")
     sys.exit(summary.return_code)
 
@@ -803,6 +983,270 @@ def export_command(**kw: Any) -> None:
     for key, value in rows:
         table.add_row(key, _escape(value))
     _console().print(table)
+
+
+# -- evaluate -----------------------------------------------------------------------------------
+def _methods_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    from .baselines import METHODS
+
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise click.BadParameter(
+            f"expected distinct names among {', '.join(METHODS)}, comma-separated; got {value!r}"
+        )
+    return names
+
+
+def _pop_saliency_several(kw: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Per adapter, the parameters given on the command line; options of others refused."""
+    for opt, (owner, _) in _SALIENCY_PARAMS.items():
+        if kw.get(opt) is not None and owner not in names:
+            flag = "--" + opt.replace("_", "-")
+            chosen = ",".join(names) if names else "none (informer is not among --methods)"
+            raise click.UsageError(f"{flag} applies to --saliency {owner}; --saliency is {chosen}")
+    batch_size = kw.pop("batch_size", None)
+    given = {}
+    for name in names:
+        own = {o: kw.get(o) for o, (owner, _) in _SALIENCY_PARAMS.items() if owner == name}
+        given[name] = _pop_saliency({**own, "batch_size": batch_size}, name)
+    for opt in _SALIENCY_PARAMS:
+        kw.pop(opt, None)
+    return given
+
+
+@cli.command("evaluate")
+@model_options
+@click.option(
+    "--calib-images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder the calibration labels' relative paths are resolved against.",
+)
+@click.option(
+    "--calib-labels",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Calibration labels CSV (plain, CheXpert or NIH): thresholds are fitted on these.",
+)
+@click.option("--calib-split", help="Keep only calibration rows whose 'split' column is this.")
+@click.option(
+    "--test-images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder the test labels' relative paths are resolved against.",
+)
+@click.option(
+    "--test-labels",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Test labels CSV (any supported format): every reported number is measured on these.",
+)
+@click.option("--test-split", help="Keep only test rows whose 'split' column is this.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder: report.md, CSV tables, plots, one monitor_<method>.json per method.",
+)
+@click.option(
+    "--methods",
+    default="informer,entropy,tta,msp",
+    show_default=True,
+    callback=_methods_list,
+    help="Methods to fit and compare, comma-separated; informer gives one row per --saliency "
+    "adapter (informer_fd, ...).",
+)
+@label_options
+@click.option(
+    "--bootstrap",
+    "n_bootstrap",
+    type=click.IntRange(min=2),
+    default=30,
+    show_default=True,
+    help="Bootstrap test sets (drawn with replacement) for the box plot and the t-tests.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the bootstrap, and of TTA and LIME unless --tta-seed / --lime-seed is given.",
+)
+@tta_options
+@cache_option("Per-image score cache folder [OUTDIR/cache]; a rerun recomputes nothing.")
+@click.option("--no-cache", is_flag=True, help="Use no score cache.")
+@click.option("--no-plots", is_flag=True, help="Write no PNG plots (no matplotlib needed).")
+@functools.partial(saliency_options, several=True)
+@_handle_errors
+def evaluate_command(**kw: Any) -> None:
+    """Fit INFORMER and the baselines on a calibration set, compare them on a test set.
+
+    Writes to OUTDIR: table1.csv (F1 after swapping per class and mean, one row per method and
+    no_audit), sensitivity.csv, specificity.csv, flags.csv, thresholds.csv, bootstrap.csv,
+    ttests.csv, failure_metrics.csv (AUROC, AURC, AUGRC), bootstrap_boxplot.png,
+    risk_coverage.png, report.md, and monitor_<method>.json files that flag can apply.
+    """
+    from .evaluate import run_evaluation, write_evaluation
+    from .labels import parse_class_map, read_labels
+    from .saliency import get_adapter
+
+    methods: list[str] = kw["methods"]
+    seed = kw["seed"]
+    tta = _pop_tta(kw, "tta" in methods)
+    names: list[str] = kw.pop("saliency") or (["fd"] if "informer" in methods else [])
+    if names and "informer" not in methods:
+        raise click.UsageError(
+            f"--saliency {','.join(names)} applies to the informer method, which --methods "
+            f"({','.join(methods)}) leaves out"
+        )
+    batch_size = kw["batch_size"]
+    params = _pop_saliency_several(kw, names)
+    model = _load_model(kw)
+    torch_kw = _torch_module(
+        kw, model, "gradient" if "gradient" in names else ",".join(names) or "none"
+    )
+    adapters = {}
+    for name in names:
+        if name == "lime":
+            params[name].setdefault("seed", seed)
+        adapters[name] = get_adapter(
+            name, **params[name], **(torch_kw if name == "gradient" else {})
+        )
+    class_map = parse_class_map(kw["classes"], list(model.card.class_names))
+    common = {
+        "fmt": kw["label_format"],
+        "uncertain": kw["uncertain"],
+        "frontal_only": kw["frontal_only"],
+        "require_finding": kw["require_finding"],
+        "path_column": kw["path_column"],
+    }
+    sets = {
+        part: read_labels(
+            kw[f"{part}_labels"],
+            kw[f"{part}_images"],
+            class_map,
+            split=kw[f"{part}_split"],
+            **common,
+        )
+        for part in ("calib", "test")
+    }
+    outdir: Path = kw["output"]
+    cache_dir = None if kw["no_cache"] else (kw["cache_dir"] or outdir / "cache")
+    err = _console(stderr=True)
+    err.print(
+        f"[bold]evaluate[/]: {len(sets['calib'])} calibration and {len(sets['test'])} test images;"
+        f" methods {', '.join(methods)}"
+        + (f"; saliency {', '.join(str(a.settings()) for a in adapters.values())}" if names else "")
+        + f"; device {model.device_note}"
+        + (f"; cache {_escape(str(cache_dir))}" if cache_dir else "")
+    )
+    tasks: dict[str, Any] = {}
+    with _progress() as progress:
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done)
+
+        run = run_evaluation(
+            model,
+            sets["calib"],
+            sets["test"],
+            methods=methods,
+            adapters=adapters,
+            tta={"copies": 10, "seed": seed, **tta},
+            tta_batch_size=batch_size,
+            cache=_score_cache(cache_dir),
+            grid_step=kw["grid_step"],
+            n_bootstrap=kw["n_bootstrap"],
+            seed=seed,
+            on_progress=on_progress,
+        )
+    filters = {
+        "uncertain": kw["uncertain"],
+        "frontal_only": kw["frontal_only"],
+        "require_finding": kw["require_finding"],
+    }
+    labels_prov = {
+        part: {
+            "labels_file": Path(kw[f"{key}_labels"]).name,
+            "label_format": sets[key].format,
+            "split": kw[f"{key}_split"],
+            "excluded": sets[key].excluded,
+        }
+        for part, key in (("calibration", "calib"), ("test", "test"))
+    }
+    calib = sets["calib"]
+    written = write_evaluation(
+        run,
+        outdir,
+        title=f"INFORMER evaluation of {model.path.name}",
+        provenance={
+            "model": model.path.name,
+            "model_sha256": model.sha256,
+            "preprocessing": model.card.to_dict(),
+            "label_columns": dict(zip(calib.class_names, calib.label_columns, strict=True)),
+            **labels_prov,
+            "label_filters": filters,
+        },
+        calibration_provenance={
+            "labels_file": labels_prov["calibration"]["labels_file"],
+            "label_format": calib.format,
+            "label_columns": dict(zip(calib.class_names, calib.label_columns, strict=True)),
+            "filters": {"split": kw["calib_split"], **filters, "excluded": calib.excluded},
+        },
+        plots=not kw["no_plots"],
+    )
+    _render_evaluation(run)
+    _render_failures([(f"{f.image_set}: {f.key}", f.error) for f in run.failures])
+    if run.overlap:
+        err.print(
+            f"[yellow]note[/] {len(run.overlap)} test image(s) are also calibration images "
+            f"(e.g. {_escape(run.overlap[0])}): the numbers are optimistic"
+        )
+    if cache_dir is not None:
+        err.print(
+            f"score cache: {run.cache_hits} hit(s), {run.cache_misses} computed "
+            f"({_escape(str(cache_dir))})"
+        )
+    _console().print(f"{len(written)} files written to {_escape(str(outdir))} (see report.md)")
+    sys.exit(run.return_code)
+
+
+def _render_evaluation(run: Any) -> None:
+    from rich.table import Table
+
+    ev = run.evaluation
+    f1 = {row[0]: row[1:] for row in ev.table1().rows}
+    flags = {row[0]: row[-1] for row in ev.flags_table().rows}
+    median = {row[0]: row[1] for row in ev.bootstrap_summary_table().rows}
+    table = Table(
+        title=f"Table 1: F1 after swapping on {ev.n_test} test images "
+        f"(thresholds from {ev.n_calibration} calibration images)"
+    )
+    for col in ("method", *ev.class_names, "mean F1", "flags", "bootstrap median", "AUROC"):
+        table.add_column(_escape(col), justify="left" if col == "method" else "right")
+    for row in ev.rows:
+        auroc = ev.failure[row].mean_auroc if row in ev.failure else float("nan")
+        table.add_row(
+            _escape(row),
+            *(_fmt(v) for v in f1[row]),
+            str(flags[row]),
+            _fmt(median[row]),
+            _fmt(auroc),
+        )
+    console = _console()
+    console.print(table)
+    if ev.ttests:
+        tests = Table(title=f"Paired t-tests over {ev.n_bootstrap} bootstrap sets (mean F1)")
+        for col in ("informer", "vs", "mean difference", "t", "p"):
+            tests.add_column(col, justify="left" if col in ("informer", "vs") else "right")
+        for t in ev.ttests:
+            p = "n/a" if t.p_value != t.p_value else f"{t.p_value:.3g} {t.stars}".strip()
+            tests.add_row(t.informer, t.baseline, f"{t.mean_difference:+.4f}", _fmt(t.statistic), p)
+        console.print(tests)
 
 
 def main() -> None:

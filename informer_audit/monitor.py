@@ -438,7 +438,8 @@ def save_monitor(
     ----------
     binding
         What the monitor is valid for: ``model_sha256``, ``class_names`` (model outputs),
-        ``audited_classes``, ``preprocessing`` (model card) and ``saliency`` settings.
+        ``audited_classes``, ``preprocessing`` (model card) and ``saliency`` settings
+        (``None`` for a baseline, whose binding adds ``method``: its name and settings).
     calibration
         Provenance of the fit (number of images, label file, failures).
     """
@@ -491,6 +492,22 @@ def load_monitor(path: str | Path) -> tuple[FlagMonitor, dict[str, Any], dict[st
     if not isinstance(doc.get("monitor"), dict):
         raise MonitorFormatError(f"{path}: the monitor has no 'monitor' object")
     monitor = FlagMonitor.from_dict(doc["monitor"], source=str(path))
+    # A binding without "method" is INFORMER's (files from before the baselines); a baseline's
+    # names its method (and settings, e.g. TTA's) and has "saliency": null.
+    method = binding.get("method")
+    if method is not None and (
+        not isinstance(method, dict) or method.get("name") != monitor.method
+    ):
+        raise MonitorFormatError(
+            f"{path}: the binding's method {method!r} does not name the monitor's method "
+            f"{monitor.method!r}"
+        )
+    if not isinstance(binding["saliency"], dict | None) or (
+        monitor.method == "informer" and binding["saliency"] is None
+    ):
+        raise MonitorFormatError(
+            f"{path}: the binding's 'saliency' must be an object (null only for a baseline)"
+        )
     if monitor.class_names_ != list(binding["audited_classes"]):
         raise MonitorFormatError(
             f"{path}: monitor classes {monitor.class_names_} differ from the bound audited "

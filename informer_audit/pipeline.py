@@ -5,6 +5,13 @@ and yields one :class:`ImageResult` per file: scored, or failed with the reason 
 file, non-finite model output, ...). One bad file never stops the batch. :func:`calibrate` fits a
 :class:`~informer_audit.monitor.FlagMonitor` on labelled images; :func:`flag_folder` applies one to
 a folder and writes the flags CSV as it goes.
+
+The monitor's raw score is INFORMER's class distinctiveness ``d`` by default; an auditor built
+with ``method="entropy"``, ``"tta"`` or ``"msp"`` scores images with that baseline instead
+(:mod:`.baselines`: no saliency map; TTA takes extra forward passes), and everything downstream
+(fit, flag, CSV files) works the same. With a :class:`~.cache.ScoreCache`, an image whose scores
+are already stored (same model, image bytes, preprocessing, classes, method settings) is neither
+loaded nor explained again.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -21,12 +28,16 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .baselines import METHODS, make_monitor, probability_score, tta_settings, tta_spread
+from .cache import ScoreCache, content_sha256, key_document
 from .distinctiveness import cosine_distance_matrix, distinctiveness
 from .errors import (
+    EvaluationError,
     ImageReadError,
     InformerAuditError,
     LabelFormatError,
     ModelSpecError,
+    MonitorMismatchError,
     SaliencyError,
 )
 from .images import find_images, load_image
@@ -36,6 +47,30 @@ from .monitor import FlagMonitor, atomic_write_text, check_binding
 from .saliency import SaliencyAdapter
 
 logger = logging.getLogger(__name__)
+
+TTA_PARAMS = ("copies", "seed", "max_angle", "blur_size", "padding")
+"""Keyword arguments of :func:`~.baselines.tta_spread` that change its result."""
+
+
+def binding_method(binding: Mapping[str, Any]) -> dict[str, Any]:
+    """The scoring method a monitor binding names: ``{"name": ..., **settings}``.
+
+    A binding without ``"method"`` (every INFORMER monitor, and monitor files written before
+    the baselines existed) means INFORMER, with the settings under ``"saliency"``.
+    """
+    method = binding.get("method")
+    if method is None:
+        return {"name": "informer"}
+    if not isinstance(method, Mapping) or not isinstance(method.get("name"), str):
+        raise EvaluationError(
+            f"a binding's 'method' must be an object with a 'name', got {method!r}"
+        )
+    return dict(method)
+
+
+def tta_params(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`TTA_PARAMS` found in TTA settings (e.g. a binding's ``method`` object)."""
+    return {k: settings[k] for k in TTA_PARAMS if k in settings}
 
 
 @dataclass
@@ -51,9 +86,11 @@ class ImageResult:
         Why the image could not be scored; ``None`` when it was.
     logits, probs, d : ndarray, shape (K,)
     dist : ndarray, shape (K, K)
-        Cosine distances between the class maps.
+        Cosine distances between the class maps (INFORMER only).
     maps : ndarray, shape (K, ...) or None
-        The class saliency maps, kept only when asked.
+        The class saliency maps, kept only when asked (INFORMER only, never from the cache).
+    score : ndarray, shape (K,)
+        The monitor's raw score: ``d`` for INFORMER, else the baseline's score.
     """
 
     key: str
@@ -64,6 +101,7 @@ class ImageResult:
     dist: NDArray[np.float64] | None = None
     d: NDArray[np.float64] | None = None
     maps: NDArray[np.float64] | None = None
+    score: NDArray[np.float64] | None = None
 
     @property
     def ok(self) -> bool:
@@ -78,28 +116,48 @@ def sigmoid(z: NDArray[np.floating]) -> NDArray[np.float64]:
 
 
 class Auditor:
-    """Streams images through one model and one saliency adapter.
+    """Streams images through one model and one saliency adapter (or one baseline score).
 
     Parameters
     ----------
     model : OnnxClassifier
-    adapter : SaliencyAdapter
+    adapter : SaliencyAdapter or None
+        The saliency adapter; ``None`` for the baseline methods, which need no maps.
     classes : sequence of str, optional
         Model outputs to audit (distinctiveness is computed among these); default all.
     images_per_chunk : int
         Images loaded and explained together (bounds memory; does not change results).
     keep_maps : bool
-        Keep each image's class maps in its result.
+        Keep each image's class maps in its result (the cache is then only written, not read,
+        as it holds no maps).
+    method : {"informer", "entropy", "tta", "msp"}
+        The monitor's raw score (:data:`~.baselines.METHODS`).
+    tta : mapping, optional
+        For ``method="tta"``: keyword arguments of :func:`~.baselines.tta_spread` that change
+        its result (:data:`TTA_PARAMS`; defaults: 10 copies, seed 0, ...).
+    tta_batch_size : int
+        Augmented copies per model run (does not change results).
+    cache : ScoreCache, optional
+        Per-image score cache, read before scoring and written after.
+
+    Attributes
+    ----------
+    cache_hits, cache_misses : int
+        Images found in / missing from the cache so far (both 0 without a cache).
     """
 
     def __init__(
         self,
         model: OnnxClassifier,
-        adapter: SaliencyAdapter,
+        adapter: SaliencyAdapter | None,
         classes: Sequence[str] | None = None,
         *,
         images_per_chunk: int = 8,
         keep_maps: bool = False,
+        method: str = "informer",
+        tta: Mapping[str, Any] | None = None,
+        tta_batch_size: int = 32,
+        cache: ScoreCache | None = None,
     ) -> None:
         names = list(model.card.class_names)
         self.classes = list(classes) if classes is not None else names
@@ -114,23 +172,129 @@ class Auditor:
                 f"class distinctiveness compares maps between classes: audit at least 2 classes, "
                 f"got {self.classes}"
             )
+        if method not in METHODS:
+            raise EvaluationError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+        if method == "informer" and adapter is None:
+            raise SaliencyError("the informer method needs a saliency adapter")
+        if method != "informer" and adapter is not None:
+            raise EvaluationError(
+                f"method {method!r} uses no saliency map: pass adapter=None (saliency adapters "
+                "apply to the informer method)"
+            )
+        if tta is not None and method != "tta":
+            raise EvaluationError(f"TTA settings apply to method 'tta', not {method!r}")
         self.model = model
         self.adapter = adapter
+        self.method = method
+        self.tta: dict[str, Any] = {}
+        if method == "tta":
+            unknown = sorted(set(tta or {}) - set(TTA_PARAMS))
+            if unknown:
+                raise EvaluationError(f"unknown TTA settings {unknown}; valid: {list(TTA_PARAMS)}")
+            self.tta = tta_params(tta_settings(**dict(tta or {})))
+        if not (isinstance(tta_batch_size, int) and tta_batch_size >= 1):
+            raise EvaluationError(
+                f"tta_batch_size must be a positive integer, got {tta_batch_size!r}"
+            )
+        self.tta_batch_size = tta_batch_size
         self.index = np.array([names.index(c) for c in self.classes])
         self.images_per_chunk = max(1, int(images_per_chunk))
         self.keep_maps = keep_maps
+        self.cache = cache
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    @property
+    def score_name(self) -> str:
+        """Prefix of the score columns in CSV files: ``d`` (INFORMER) or the method's name."""
+        return "d" if self.method == "informer" else self.method
+
+    def method_settings(self) -> dict[str, Any]:
+        """The method and the settings that change its score: ``{"name": ..., ...}``."""
+        if self.method == "tta":
+            return {"name": "tta", **tta_settings(**self.tta)}
+        return {"name": self.method}
 
     def binding(self) -> dict[str, Any]:
-        """What a monitor fitted with this auditor is valid for."""
+        """What a monitor fitted with this auditor is valid for.
+
+        ``saliency`` holds the adapter's settings (``None`` for a baseline method); a baseline
+        adds ``method`` (:meth:`method_settings`). INFORMER bindings have no ``method`` key, as
+        before the baselines existed, so that older monitor files still match.
+        """
         card = self.model.card.to_dict()
         class_names = card.pop("class_names")
-        return {
+        binding: dict[str, Any] = {
             "model_sha256": self.model.sha256,
             "class_names": class_names,
             "audited_classes": list(self.classes),
             "preprocessing": card,
-            "saliency": self.adapter.settings(),
+            "saliency": self.adapter.settings() if self.adapter is not None else None,
         }
+        if self.method != "informer":
+            binding["method"] = self.method_settings()
+        return binding
+
+    # -- the score cache ----------------------------------------------------------------------
+    def _cache_document(self, path: Path) -> str | None:
+        """The image's cache key document; ``None`` without a cache or for an unreadable file."""
+        if self.cache is None:
+            return None
+        try:
+            image_sha256 = content_sha256(path)
+        except OSError:
+            return None  # loading the image will record why
+        if self.method == "informer":
+            kind, settings = "informer", self._saliency().settings()
+        elif self.method == "tta":
+            kind, settings = "tta", tta_settings(**self.tta)
+        else:
+            kind, settings = "probs", {}  # entropy and MSP are functions of the logits
+        return key_document(
+            model_sha256=self.model.sha256,
+            image_sha256=image_sha256,
+            kind=kind,
+            settings=settings,
+            classes=self.classes,
+            preprocessing=self.model.card.to_dict(),
+        )
+
+    def _cache_shapes(self) -> dict[str, tuple[int, ...]]:
+        k = len(self.classes)
+        if self.method == "informer":
+            return {"logits": (k,), "dist": (k, k), "d": (k,)}
+        if self.method == "tta":
+            return {"logits": (k,), "spread": (k,)}
+        return {"logits": (k,)}
+
+    def _saliency(self) -> SaliencyAdapter:
+        if self.adapter is None:
+            raise SaliencyError("the informer method needs a saliency adapter")
+        return self.adapter
+
+    def _from_cache(self, cache: ScoreCache, r: ImageResult, document: str) -> bool:
+        arrays = cache.get(document, self._cache_shapes())
+        if arrays is None:
+            self.cache_misses += 1
+            return False
+        self.cache_hits += 1
+        z = arrays["logits"]
+        r.logits, r.probs = z, sigmoid(z)
+        if self.method == "informer":
+            r.dist, r.d = arrays["dist"], arrays["d"]
+            r.score = r.d
+        elif self.method == "tta":
+            r.score = arrays["spread"]
+        else:
+            r.score = probability_score(self.method, r.probs[None])[0]
+        return True
+
+    def _to_cache(self, cache: ScoreCache, r: ImageResult, document: str) -> None:
+        values = {"logits": r.logits, "dist": r.dist, "d": r.d, "spread": r.score}
+        arrays = {name: values[name] for name in self._cache_shapes()}
+        if any(a is None for a in arrays.values()):
+            return  # not scored: nothing to store
+        cache.put(document, {name: a for name, a in arrays.items() if a is not None})
 
     def run(
         self,
@@ -159,7 +323,13 @@ class Auditor:
     def _score_chunk(self, chunk: list[tuple[str, Path]]) -> list[ImageResult]:
         results = [ImageResult(key, Path(path)) for key, path in chunk]
         loaded = []
+        documents: dict[int, str] = {}  # id(result) -> cache key document
         for r in results:
+            document = self._cache_document(r.path)
+            if document is not None and self.cache is not None:
+                documents[id(r)] = document
+                if not self.keep_maps and self._from_cache(self.cache, r, document):
+                    continue
             try:
                 loaded.append((r, self.model.preprocess([load_image(r.path)])[0]))
             except ImageReadError as exc:
@@ -170,7 +340,7 @@ class Auditor:
             return results
         try:
             self._score(loaded)
-        except (ModelSpecError, SaliencyError):
+        except (ModelSpecError, SaliencyError, EvaluationError):
             raise  # a model or adapter problem, not a file problem: stop the run
         except Exception as exc:  # isolate the image that makes the runtime fail
             if len(loaded) == 1:
@@ -179,10 +349,13 @@ class Auditor:
                 for pair in loaded:
                     try:
                         self._score([pair])
-                    except (ModelSpecError, SaliencyError):
+                    except (ModelSpecError, SaliencyError, EvaluationError):
                         raise
                     except Exception as exc1:
                         pair[0].error = f"scoring failed: {type(exc1).__name__}: {exc1}"
+        for r, _ in loaded:
+            if r.ok and id(r) in documents and self.cache is not None:
+                self._to_cache(self.cache, r, documents[id(r)])
         return results
 
     def _score(self, loaded: list[tuple[ImageResult, NDArray[np.float32]]]) -> None:
@@ -195,7 +368,10 @@ class Auditor:
         if not finite.any():
             return
         keep = np.flatnonzero(finite)
-        maps = self.adapter.explain(self.model, x[keep], logits=logits[keep])
+        if self.method != "informer":
+            self._score_baseline(loaded, x, logits, keep)
+            return
+        maps = self._saliency().explain(self.model, x[keep], logits=logits[keep])
         maps = maps[:, self.index]
         dist = cosine_distance_matrix(maps)
         d = distinctiveness(dist)
@@ -206,8 +382,30 @@ class Auditor:
                 continue
             z = logits[i, self.index]
             r.logits, r.probs, r.dist, r.d = z, sigmoid(z), dist[row], d[row]
+            r.score = r.d
             if self.keep_maps:
                 r.maps = maps[row]
+
+    def _score_baseline(
+        self,
+        loaded: list[tuple[ImageResult, NDArray[np.float32]]],
+        x: NDArray[np.float32],
+        logits: NDArray[np.float64],
+        keep: NDArray[np.intp],
+    ) -> None:
+        z = logits[keep][:, self.index]
+        probs = sigmoid(z)
+        if self.method == "tta":
+            scores = tta_spread(self.model, x[keep], **self.tta, batch_size=self.tta_batch_size)
+            scores = scores[:, self.index]
+        else:
+            scores = probability_score(self.method, probs)
+        for row, i in enumerate(keep):
+            r = loaded[i][0]
+            if not np.isfinite(scores[row]).all():
+                r.error = "the model returned non-finite scores for an augmented copy"
+                continue
+            r.logits, r.probs, r.score = z[row], probs[row], scores[row]
 
 
 # -- calibrate ----------------------------------------------------------------------------------
@@ -233,7 +431,7 @@ def calibrate(
     grid_step: float = 0.001,
     on_result: Callable[[ImageResult], None] | None = None,
 ) -> Calibration:
-    """Score every labelled image and fit the INFORMER monitor.
+    """Score every labelled image and fit the monitor of the auditor's method.
 
     Parameters
     ----------
@@ -260,10 +458,11 @@ def calibrate(
             "at least 2 are needed. First failures: " + "; ".join(str(f.error) for f in failed[:3])
         )
     y = labels.y[rows]
-    scored = [_scored(r) for r in ok]
+    scored = [_probs_score(r) for r in ok]
     probs = np.stack([s[0] for s in scored])
-    d = np.stack([s[1] for s in scored])
-    monitor = FlagMonitor("informer", "below", grid_step).fit(d, y, probs, auditor.classes)
+    scores = np.stack([s[1] for s in scored])
+    monitor = make_monitor(auditor.method, grid_step=grid_step)
+    monitor.fit(scores, y, probs, auditor.classes)
     return Calibration(monitor, auditor.binding(), ok, y, failed)
 
 
@@ -296,11 +495,13 @@ class FlagSummary:
         return 1 if self.n_failed else 0
 
 
-def flag_columns(classes: Sequence[str], with_matrix: bool = False) -> list[str]:
-    """Header of the flags CSV."""
+def flag_columns(
+    classes: Sequence[str], with_matrix: bool = False, score_name: str = "d"
+) -> list[str]:
+    """Header of the flags CSV; the score columns are ``<score_name>_C`` (``d_C``, ``tta_C``)."""
     cols = ["path", "status", "error"]
     for c in classes:
-        cols += [f"prob_{c}", f"pred_{c}", f"d_{c}", f"flag_{c}", f"audited_{c}"]
+        cols += [f"prob_{c}", f"pred_{c}", f"{score_name}_{c}", f"flag_{c}", f"audited_{c}"]
     if with_matrix:
         cols += matrix_columns(classes)
     return cols
@@ -318,6 +519,12 @@ def _scored(
     if r.probs is None or r.d is None or r.dist is None:
         raise ValueError(f"{r.key}: image was not scored ({r.error})")
     return r.probs, r.d, r.dist
+
+
+def _probs_score(r: ImageResult) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    if r.probs is None or r.score is None:
+        raise ValueError(f"{r.key}: image was not scored ({r.error})")
+    return r.probs, r.score
 
 
 def _num(v: float) -> str:
@@ -345,8 +552,18 @@ def flag_folder(
 
     Rows are written as images finish, to ``OUT.partial`` beside the output, which is renamed
     to ``out_csv`` when the run completes, so an interrupted run leaves its finished rows and
-    never a half-written final file.
+    never a half-written final file. The score columns are ``d_C`` for INFORMER and
+    ``<method>_C`` for a baseline (``entropy_C``, ``tta_C``, ``msp_C``).
     """
+    if monitor.method != auditor.method:
+        raise MonitorMismatchError(
+            f"{monitor_source} is a {monitor.method!r} monitor; this run scores images with "
+            f"{auditor.method!r}"
+        )
+    if with_matrix and auditor.method != "informer":
+        raise EvaluationError(
+            f"the distance matrix needs saliency maps; method {auditor.method!r} has none"
+        )
     check_binding(binding, auditor.binding(), source=monitor_source)
     paths = find_images(images_dir)
     if not paths:
@@ -362,7 +579,7 @@ def flag_folder(
     summary = FlagSummary(list(auditor.classes))
     with partial.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(flag_columns(auditor.classes, with_matrix))
+        writer.writerow(flag_columns(auditor.classes, with_matrix, auditor.score_name))
         for result in auditor.run(((str(p), p) for p in paths), on_result):
             _write_flag_row(writer, fh, result, monitor, summary, with_matrix)
         fh.flush()
@@ -388,54 +605,73 @@ def _write_flag_row(
         if with_matrix:
             row += [""] * (k * (k - 1) // 2)
     else:
-        probs, d, dist = _scored(result)
-        yhat, flags, audited = (a[0] for a in monitor.audit(probs[None], d[None]))
+        probs, score = _probs_score(result)
+        yhat, flags, audited = (a[0] for a in monitor.audit(probs[None], score[None]))
         summary.predicted += yhat
         summary.flagged += flags
         summary.audited += audited
         row = [result.key, "ok", ""]
         for j in range(k):
-            row += [_num(probs[j]), int(yhat[j]), _num(d[j]), int(flags[j]), int(audited[j])]
+            row += [_num(probs[j]), int(yhat[j]), _num(score[j]), int(flags[j]), int(audited[j])]
         if with_matrix:
-            row += matrix_values(dist)
+            row += matrix_values(_scored(result)[2])
     writer.writerow(row)
     fh.flush()
 
 
 def write_scores_csv(path: str | Path, calibration: Calibration, classes: Sequence[str]) -> None:
-    """Per-image calibration table: labels, probabilities, predictions, d and the K x K matrix."""
+    """Per-image calibration table: labels, probabilities, predictions, scores, flags.
+
+    INFORMER writes ``d_C`` columns and the upper triangle of the K x K distance matrix; a
+    baseline writes ``<method>_C`` columns (``entropy_C``, ...) and no matrix.
+    """
+    mon = calibration.monitor
+    informer = mon.method == "informer"
+    score_name = "d" if informer else mon.method
+    extra = matrix_columns(classes) if informer else []
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     header = ["path", "status", "error"]
     for c in classes:
-        header += [f"label_{c}", f"prob_{c}", f"pred_{c}", f"d_{c}", f"flag_{c}", f"audited_{c}"]
-    header += matrix_columns(classes)
-    writer.writerow(header)
-    mon = calibration.monitor
+        header += [
+            f"label_{c}",
+            f"prob_{c}",
+            f"pred_{c}",
+            f"{score_name}_{c}",
+            f"flag_{c}",
+            f"audited_{c}",
+        ]
+    writer.writerow(header + extra)
     for r, y in zip(calibration.results, calibration.y, strict=True):
-        probs, d, dist = _scored(r)
-        yhat, flags, audited = (a[0] for a in mon.audit(probs[None], d[None]))
+        probs, score = _probs_score(r)
+        yhat, flags, audited = (a[0] for a in mon.audit(probs[None], score[None]))
         row: list[Any] = [r.key, "ok", ""]
         for j in range(len(classes)):
             label = "" if not np.isfinite(y[j]) else int(y[j])
-            row += [label, _num(probs[j]), int(yhat[j]), _num(d[j]), int(flags[j]), int(audited[j])]
-        writer.writerow(row + matrix_values(dist))
+            row += [
+                label,
+                _num(probs[j]),
+                int(yhat[j]),
+                _num(score[j]),
+                int(flags[j]),
+                int(audited[j]),
+            ]
+        writer.writerow(row + (matrix_values(_scored(r)[2]) if informer else []))
     for r in calibration.failures:
-        writer.writerow(
-            [r.key, "failed", r.error]
-            + [""] * (6 * len(classes))
-            + [""] * len(matrix_columns(classes))
-        )
+        writer.writerow([r.key, "failed", r.error] + [""] * (6 * len(classes)) + [""] * len(extra))
     atomic_write_text(Path(path), buf.getvalue())
 
 
 __all__ = [
+    "TTA_PARAMS",
     "Auditor",
     "Calibration",
     "FlagSummary",
     "ImageResult",
     "InformerAuditError",
+    "binding_method",
     "calibrate",
     "flag_folder",
+    "tta_params",
     "write_scores_csv",
 ]
