@@ -10,7 +10,8 @@ model, in one process:
   (what a Captum user writes: one forward and one backward pass per class);
 * the same two on the ONNX file converted by onnx2torch (what ``--saliency gradient`` runs).
 
-Runs alternate and the median of each is reported, so machine noise hits every side alike; the
+Runs alternate, each waits for idle CPUs (and is redone once if other processes used them), and
+the median of each is reported; the
 maps are compared too (cosine per map). Needs torch, onnx2torch and captum
 (``pip install "informer-audit[torch,bench]"``).
 
@@ -25,11 +26,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _quiet import measure
 
 from informer_audit.images import find_images, load_image
 from informer_audit.model import OnnxClassifier
@@ -98,12 +99,15 @@ def main() -> int:
         "captum,  ONNX via onnx2torch": lambda: captum(converted),
     }
     maps = {name: fn() for name, fn in runs.items()}  # warm-up (oneDNN builds its kernels)
+    # torch's threads slow down many times over when another process takes a core: every run
+    # waits for idle CPUs and is redone once if others used them (see _quiet.py).
     times: dict[str, list[float]] = {name: [] for name in runs}
+    shares = []
     for _ in range(args.repeats):
         for name, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+            wall, share, _ = measure(fn)
+            times[name].append(wall)
+            shares.append(share)
     per_image = {name: statistics.median(ts) / n for name, ts in times.items()}
 
     print(
@@ -121,6 +125,7 @@ def main() -> int:
         ma, mb = maps[a].reshape(n * k, -1), maps[b].reshape(n * k, -1)
         cos = (ma * mb).sum(1) / np.linalg.norm(ma, axis=1) / np.linalg.norm(mb, axis=1)
         print(f"  maps {a.split(',')[1].strip():28s} adapter vs captum: min cosine {cos.min():.6f}")
+    print(f"machine   other processes used at most {max(shares):.0%} of the CPUs in a kept run")
     ratio = per_image[names[0]] / per_image[names[1]]
     ratio_conv = per_image[names[2]] / per_image[names[3]]
     print(f"ratio     adapter / captum: {ratio:.3f} (checkpoint), {ratio_conv:.3f} (onnx2torch)")
