@@ -6,7 +6,9 @@ outcome with rich, and exits. Only this module maps exceptions to exit codes:
 * 0 -- done, every image scored;
 * 1 -- done, but some image files failed (listed in the output and on the terminal);
 * 2 -- bad invocation, or input refused (model, model card, labels, monitor mismatch);
-* 3 -- the requested device cannot be used (e.g. ``--device cuda`` without a usable GPU).
+* 3 -- the requested device cannot be used (e.g. ``--device cuda`` without a usable GPU);
+* 130 -- interrupted (Ctrl-C): rerunning the same command resumes (``flag`` keeps its finished
+  rows in ``OUT.journal``; ``calibrate`` and ``evaluate`` keep their scores with ``--cache``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import functools
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +30,7 @@ from .errors import DeviceUnavailableError, InformerAuditError
 F = TypeVar("F", bound=Callable[..., Any])
 
 # 0 and 1 come from the run's summary object (its return_code); refusals map here.
-EXIT_REFUSED, EXIT_DEVICE = 2, 3
+EXIT_REFUSED, EXIT_DEVICE, EXIT_INTERRUPTED = 2, 3, 130
 
 # CLI option destination -> (adapter, parameter). An option meant for another adapter than the
 # one in use is refused rather than ignored.
@@ -74,6 +77,13 @@ def _handle_errors(func: F) -> F:
         except InformerAuditError as exc:
             _console(stderr=True).print(f"[bold red]error:[/] {_escape(str(exc))}")
             sys.exit(EXIT_REFUSED)
+        except KeyboardInterrupt:
+            # Not 1: that code means "done, some files failed"; this run is not done.
+            _console(stderr=True).print(
+                "[bold yellow]interrupted[/]: rerun the same command to resume (flag keeps its "
+                "finished rows in OUTPUT.journal; calibrate and evaluate keep scores with --cache)"
+            )
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper  # type: ignore[return-value]
 
@@ -302,7 +312,10 @@ def method_options(func: F) -> F:
             "tta or msp (no saliency map) [calibrate: informer; flag: the monitor's].",
         ),
         tta_options,
-        cache_option("Per-image score cache folder (default: none)."),
+        cache_option(
+            "Per-image score cache folder (default: none). Each image's scores are stored as "
+            "it finishes: a rerun, e.g. after an interruption, scores only the images not there."
+        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -500,7 +513,7 @@ def cli(verbose: int) -> None:
     """Audit an ONNX image classifier: flag predictions it cannot tell apart (INFORMER).
 
     Exit codes: 0 done; 1 done but some image files failed; 2 bad invocation or input refused;
-    3 requested device unavailable.
+    3 requested device unavailable; 130 interrupted (rerun the same command to resume).
     """
     from rich.logging import RichHandler
 
@@ -743,12 +756,33 @@ def _render_failures(failures: list[tuple[str, str]]) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Monitor JSON written by calibrate for this model.",
 )
-@images_option("Folder audited recursively (PNG, JPEG, BMP, TIFF).")
-@output_option("Flags CSV to write (one row per image).")
+@images_option("Folder audited recursively (PNG, JPEG, BMP, TIFF, DICOM).")
+@output_option(
+    "Flags CSV to write (one row per image). An interrupted run's finished rows wait in "
+    "FILE.journal; rerunning the same command resumes from them."
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Discard the journal an interrupted run left for this output and score every image "
+    "again (needed when the settings changed since).",
+)
 @click.option(
     "--with-matrix",
     is_flag=True,
     help="Add the K x K cosine-distance matrix (dist_A|B columns; informer only).",
+)
+@click.option(
+    "--save-maps",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Save every image's class maps in this folder (one compressed .npz per image, named "
+    "by a hash of its CSV path; informer only), for report.",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Then write the HTML report of this run to this folder (index.html and assets/).",
 )
 @method_options
 @saliency_options
@@ -775,6 +809,11 @@ def flag(**kw: Any) -> None:
         raise click.UsageError(
             f"--with-matrix needs saliency maps: it applies to --method informer, not {method}"
         )
+    if kw["save_maps"] and method != "informer":
+        raise click.UsageError(
+            f"--save-maps needs saliency maps: it applies to --method informer, not {method}"
+        )
+    keep_maps = method == "informer" and bool(kw["save_maps"] or kw["report_dir"])
     tta = _pop_tta(kw, method == "tta")
     batch_size = kw["batch_size"]
     # A model without metadata needs no --model-card here: the monitor holds the card it was
@@ -803,7 +842,11 @@ def flag(**kw: Any) -> None:
         tta={**tta_params(binding_method(binding)), **tta} if method == "tta" else None,
         tta_batch_size=batch_size,
         cache=_score_cache(kw["cache_dir"]),
+        keep_maps=keep_maps,
     )
+    # --report without --save-maps: the report reads the maps from a temporary folder.
+    scratch = tempfile.TemporaryDirectory(prefix="informer-maps-") if keep_maps else None
+    maps_dir = kw["save_maps"] or (Path(scratch.name) if scratch is not None else None)
     err = _console(stderr=True)
     err.print(f"[bold]flag[/]: {_scoring_note(auditor)}; device {model.device_note}")
     progress = _progress()
@@ -826,14 +869,39 @@ def flag(**kw: Any) -> None:
             monitor_source=str(kw["monitor_path"]),
             on_start=start,
             on_result=lambda _r: progress.advance(task),
+            maps_dir=maps_dir,
+            restart=kw["restart"],
+            on_reused=lambda _key: progress.advance(task),
         )
     finally:
         progress.stop()
+    if summary.n_resumed:
+        err.print(
+            f"resumed: {summary.n_resumed} image(s) already audited by an interrupted run "
+            "(rows taken from its journal, not scored again)"
+        )
     _render_flag_summary(summary)
     _render_failures(summary.failures)
     _render_cache(auditor)
     _console().print(f"flags written to {_escape(str(kw['output']))}")
-    sys.exit(summary.return_code)
+    if kw["save_maps"]:
+        _console().print(f"class maps saved in {_escape(str(kw['save_maps']))}")
+    code = summary.return_code
+    if kw["report_dir"]:
+        try:
+            report = _build_report(
+                kw["output"],
+                kw["monitor_path"],
+                kw["report_dir"],
+                model=model,
+                images_root=kw["images"],
+                maps_dir=maps_dir,
+            )
+        finally:
+            if scratch is not None:
+                scratch.cleanup()
+        code = max(code, report.return_code)
+    sys.exit(code)
 
 
 def _render_flag_summary(summary: Any) -> None:
@@ -1247,6 +1315,186 @@ def _render_evaluation(run: Any) -> None:
             p = "n/a" if t.p_value != t.p_value else f"{t.p_value:.3g} {t.stars}".strip()
             tests.add_row(t.informer, t.baseline, f"{t.mean_difference:+.4f}", _fmt(t.statistic), p)
         console.print(tests)
+
+
+# -- report -------------------------------------------------------------------------------------
+def _build_report(flags_csv: Path, monitor_path: Path, outdir: Path, **kw: Any) -> Any:
+    """Build the HTML report with a progress bar, render its summary; returns the summary."""
+    from .report import build_report
+
+    tasks: dict[str, Any] = {}
+    with _progress() as progress:
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(f"report: {stage}", total=total)
+            progress.update(tasks[stage], completed=done)
+
+        summary = build_report(flags_csv, monitor_path, outdir, progress=on_progress, **kw)
+    err = _console(stderr=True)
+    for note in summary.notes:
+        err.print(f"[yellow]note[/] {_escape(note)}")
+    for key, why in summary.missing_images[:20]:
+        err.print(f"[yellow]image not shown[/] {_escape(key)}: {_escape(why)}")
+    if len(summary.missing_images) > 20:
+        err.print(f"  ... and {len(summary.missing_images) - 20} more (listed in the report)")
+    _console().print(
+        f"report written to {_escape(str(summary.index))}: {summary.n_images} images "
+        f"({summary.n_failed} failed), {summary.n_flagged_images} with a flag; "
+        f"{summary.n_gallery} flagged and {summary.n_contrast} unflagged shown; class maps: "
+        f"{summary.maps}"
+    )
+    return summary
+
+
+@cli.command("report")
+@click.argument("flags_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--monitor",
+    "monitor_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The monitor JSON that flag applied (thresholds, model binding, saliency settings).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Report folder: index.html and assets/ (opens offline in any browser).",
+)
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder the CSV's image paths are looked up under (default: as written, then "
+    "relative to the CSV's folder).",
+)
+@click.option(
+    "--maps",
+    "maps_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Class maps saved by flag --save-maps.",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The audited ONNX model: recomputes the maps of the shown images that --maps lacks.",
+)
+@click.option(
+    "--model-card",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Model card for --model (default: the ONNX metadata, then the monitor's card).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Device for --model.",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads for --model."
+)
+@click.option(
+    "--labels",
+    "labels_csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labels of the audited images (plain, CheXpert or NIH): F1 before/after swapping.",
+)
+@click.option(
+    "--classes",
+    help="Label columns of the audited classes, e.g. 'A,Effusion=Pleural Effusion' (every "
+    "audited class, once). Default: same-named columns.",
+)
+@click.option(
+    "--label-format",
+    type=click.Choice(["auto", "plain", "chexpert", "nih"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--uncertain",
+    type=click.Choice(["exclude-image", "exclude-class", "zero", "one"]),
+    default="exclude-class",
+    show_default=True,
+    help="CheXpert -1 labels: drop the image, leave that class unlabelled, or count as 0 or 1.",
+)
+@click.option("--split", help="Keep only label rows whose 'split' column has this value.")
+@click.option("--path-column", help="Name of the labels CSV column holding image paths.")
+@click.option(
+    "--max-gallery",
+    type=click.IntRange(min=0),
+    default=60,
+    show_default=True,
+    help="Flagged images shown, the most strongly flagged first (all are listed).",
+)
+@click.option(
+    "--contrast",
+    "n_contrast",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Unflagged images shown for contrast, spread evenly over the CSV.",
+)
+@_handle_errors
+def report_command(**kw: Any) -> None:
+    """Write a static HTML report of a flag run: counts, per-class score histograms with tau,
+    a gallery of flagged images with their class maps, unflagged examples and failures.
+
+    The maps come from --maps (flag --save-maps) or, for the shown images only, are recomputed
+    with --model; a baseline monitor (entropy, tta, msp) has none.
+    """
+    from .labels import parse_class_map, read_labels
+    from .model import OnnxClassifier
+    from .monitor import load_monitor
+
+    monitor_path: Path = kw["monitor_path"]
+    _, binding, _ = load_monitor(monitor_path)
+    audited = [str(c) for c in binding["audited_classes"]]
+    model = None
+    if kw["model_path"] is not None:
+        model = OnnxClassifier(
+            kw["model_path"],
+            card_file=kw["model_card"],
+            device=kw["device"],
+            threads=kw["threads"],
+            fallback_card={"class_names": binding["class_names"], **binding["preprocessing"]},
+            fallback_source=f"monitor {monitor_path}",
+        )
+    elif kw["model_card"] is not None:
+        raise click.UsageError("--model-card applies to --model")
+    labels = None
+    if kw["labels_csv"] is not None:
+        class_map = parse_class_map(kw["classes"], audited)
+        if set(class_map) != set(audited):
+            raise click.UsageError(
+                f"--classes must name every audited class once ({', '.join(audited)}); got "
+                f"{', '.join(class_map)}"
+            )
+        labels = read_labels(
+            kw["labels_csv"],
+            kw["images"] or Path(kw["labels_csv"]).parent,
+            {c: class_map[c] for c in audited},
+            fmt=kw["label_format"],
+            uncertain=kw["uncertain"],
+            split=kw["split"],
+            path_column=kw["path_column"],
+        )
+    elif kw["classes"] is not None:
+        raise click.UsageError("--classes applies to --labels")
+    summary = _build_report(
+        kw["flags_csv"],
+        monitor_path,
+        kw["output"],
+        model=model,
+        images_root=kw["images"],
+        labels=labels,
+        maps_dir=kw["maps_dir"],
+        max_gallery=kw["max_gallery"],
+        n_contrast=kw["n_contrast"],
+    )
+    sys.exit(summary.return_code)
 
 
 def main() -> None:

@@ -58,3 +58,19 @@ class EvaluationError(InformerAuditError, ValueError):
 
 class ReportError(InformerAuditError, RuntimeError):
     """The evaluation report cannot be written (matplotlib, needed for its plots, is missing)."""
+
+
+class FlagsFormatError(InformerAuditError, ValueError):
+    """A flags CSV (written by ``flag``) is missing, malformed, or lacks required columns."""
+
+
+class MapStoreError(InformerAuditError, ValueError):
+    """A folder of saved saliency maps is missing, damaged, or of another format."""
+
+
+class ResumeError(InformerAuditError, ValueError):
+    """An interrupted run's journal cannot be resumed: other settings, or not a journal."""
+
+
+class OutputPathError(InformerAuditError, ValueError):
+    """A file name derived from the input would be written outside the chosen output folder."""

@@ -38,6 +38,7 @@ from .evaluation import Evaluation, ScoredSet, evaluate_methods, write_report
 from .labels import LabelSet
 from .model import OnnxClassifier
 from .monitor import save_monitor
+from .paths import safe_child
 from .pipeline import Auditor, ImageResult
 from .saliency import SaliencyAdapter
 
@@ -390,7 +391,8 @@ def write_evaluation(
         {"path": f.key, "error": f.error} for f in run.failures if f.image_set == "calibration"
     ]
     for row in ev.methods:
-        path = outdir / monitor_file_name(row)
+        # The row names a saliency adapter, and plug-ins name their own: keep it in outdir.
+        path = safe_child(outdir, monitor_file_name(row))
         calibration = {
             **dict(calibration_provenance or {}),
             "evaluation_row": row,

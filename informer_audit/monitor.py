@@ -533,6 +533,14 @@ def check_binding(
         )
 
 
+def differences(found: Any, expected: Any) -> list[tuple[str, Any, Any]]:
+    """Where two JSON-like documents differ: ``(dotted field name, found, expected)`` each.
+
+    Nested objects are compared key by key, lists as wholes, numbers by value (``1 == 1.0``).
+    """
+    return _diff(found, expected, "")
+
+
 def _diff(a: Any, b: Any, prefix: str) -> list[tuple[str, Any, Any]]:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         out = []

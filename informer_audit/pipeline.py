@@ -4,7 +4,7 @@
 and yields one :class:`ImageResult` per file: scored, or failed with the reason (an unreadable
 file, non-finite model output, ...). One bad file never stops the batch. :func:`calibrate` fits a
 :class:`~informer_audit.monitor.FlagMonitor` on labelled images; :func:`flag_folder` applies one to
-a folder and writes the flags CSV as it goes.
+a folder, journaling each row as it finishes so that an interrupted run resumes where it stopped.
 
 The monitor's raw score is INFORMER's class distinctiveness ``d`` by default; an auditor built
 with ``method="entropy"``, ``"tta"`` or ``"msp"`` scores images with that baseline instead
@@ -20,14 +20,16 @@ import csv
 import io
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from . import __version__
 from .baselines import METHODS, make_monitor, probability_score, tta_settings, tta_spread
 from .cache import ScoreCache, content_sha256, key_document
 from .distinctiveness import cosine_distance_matrix, distinctiveness
@@ -40,10 +42,13 @@ from .errors import (
     MonitorMismatchError,
     SaliencyError,
 )
-from .images import find_images, load_image
+from .images import IMAGE_SUFFIXES, find_images, load_image
+from .journal import FlagJournal, fsync_folder, journal_path
 from .labels import LabelSet
+from .mapstore import MapStore
 from .model import OnnxClassifier
 from .monitor import FlagMonitor, atomic_write_text, check_binding
+from .paths import printable
 from .saliency import SaliencyAdapter
 
 logger = logging.getLogger(__name__)
@@ -478,6 +483,8 @@ class FlagSummary:
     flagged: NDArray[np.int64] | None = None
     audited: NDArray[np.int64] | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
+    n_resumed: int = 0
+    """Images whose rows came from the journal of an interrupted run (not scored again)."""
 
     def __post_init__(self) -> None:
         k = len(self.classes)
@@ -547,13 +554,27 @@ def flag_folder(
     monitor_source: str = "monitor",
     on_result: Callable[[ImageResult], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    maps_dir: str | Path | None = None,
+    restart: bool = False,
+    on_reused: Callable[[str], None] | None = None,
 ) -> FlagSummary:
-    """Audit every image under ``images_dir`` and write the flags CSV.
+    """Audit every image under ``images_dir`` and write the flags CSV, resumably.
 
-    Rows are written as images finish, to ``OUT.partial`` beside the output, which is renamed
-    to ``out_csv`` when the run completes, so an interrupted run leaves its finished rows and
-    never a half-written final file. The score columns are ``d_C`` for INFORMER and
-    ``<method>_C`` for a baseline (``entropy_C``, ``tta_C``, ``msp_C``).
+    Each scored image's row is appended to the journal ``OUT.journal`` as it finishes
+    (:class:`~.journal.FlagJournal`: flushed at once, ``fsync``-ed once per chunk of images),
+    so an interrupted run -- ``kill -9`` included -- loses no finished row. A rerun with the
+    same settings reuses the journal's row of every image whose bytes it holds (under the
+    image's current path: a moved or renamed image is not scored again), scores the rest, and
+    tries failed images again. When every image is done the CSV is written in the folder's
+    sorted path order to ``OUT.partial``, ``fsync``-ed and renamed to ``out_csv``, and the
+    journal is removed: an interrupted and resumed run writes the same bytes as an
+    uninterrupted one, and there is never a half-written ``out_csv``. A journal of a run with
+    other settings is refused (:class:`~.errors.ResumeError`) unless ``restart`` discards it.
+
+    The score columns are ``d_C`` for INFORMER and ``<method>_C`` for a baseline
+    (``entropy_C``, ``tta_C``, ``msp_C``). With ``maps_dir``
+    (INFORMER, an auditor with ``keep_maps=True``), each scored image's class maps are saved
+    there (:class:`~.mapstore.MapStore`) before its row is written.
     """
     if monitor.method != auditor.method:
         raise MonitorMismatchError(
@@ -565,58 +586,169 @@ def flag_folder(
             f"the distance matrix needs saliency maps; method {auditor.method!r} has none"
         )
     check_binding(binding, auditor.binding(), source=monitor_source)
+    store = _map_store(auditor, maps_dir)
     paths = find_images(images_dir)
     if not paths:
         raise ImageReadError(
-            f"{images_dir}: no images found (looked recursively for .png, .jpg, .jpeg, .bmp, "
-            ".tif, .tiff)"
+            f"{images_dir}: no images found (looked recursively for "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))} and DICOM files without a suffix)"
         )
-    if on_start is not None:
-        on_start(len(paths))
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_csv.with_name(out_csv.name + ".partial")
+    columns = flag_columns(auditor.classes, with_matrix, auditor.score_name)
     summary = FlagSummary(list(auditor.classes))
-    with partial.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(flag_columns(auditor.classes, with_matrix, auditor.score_name))
-        for result in auditor.run(((str(p), p) for p in paths), on_result):
-            _write_flag_row(writer, fh, result, monitor, summary, with_matrix)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(partial, out_csv)
+    with FlagJournal(
+        journal_path(out_csv),
+        _journal_settings(auditor, monitor, columns),
+        len(columns) - 1,
+        restart=restart,
+        sync_every=auditor.images_per_chunk,
+    ) as journal:
+        if on_start is not None:
+            on_start(len(paths))
+        hashes: list[str | None] = [None] * len(paths)  # SHA-256 of each file's bytes
+        failed: dict[int, str] = {}  # index in paths -> why the image failed
+        sent: deque[int] = deque()  # indices handed to the auditor, in order
+
+        def to_score() -> Iterator[tuple[str, Path]]:
+            for i, path in enumerate(paths):
+                key = printable(str(path))
+                try:
+                    hashes[i] = content_sha256(path)
+                except OSError as exc:
+                    failed[i] = f"{key}: cannot read the file ({exc.strerror or exc})"
+                    if on_result is not None:
+                        on_result(ImageResult(key, path, error=failed[i]))
+                    continue
+                if hashes[i] in journal:
+                    summary.n_resumed += 1
+                    if on_reused is not None:
+                        on_reused(key)
+                    continue
+                sent.append(i)
+                yield key, path
+
+        for result in auditor.run(to_score(), on_result):
+            i = sent.popleft()
+            if store is not None:
+                _save_maps(store, result)
+            sha = hashes[i]
+            if result.ok and sha is not None:
+                journal.append(sha, result.key, _flag_cells(result, monitor, with_matrix))
+            else:
+                failed[i] = printable(str(result.error))
+        journal.sync()
+        _write_flags_csv(out_csv, columns, paths, hashes, failed, journal, summary)
+        journal.remove()
     return summary
 
 
-def _write_flag_row(
-    writer: Any,
-    fh: IO[str],
-    result: ImageResult,
-    monitor: FlagMonitor,
+def _journal_settings(
+    auditor: Auditor, monitor: FlagMonitor, columns: Sequence[str]
+) -> dict[str, Any]:
+    """Everything that changes a flags row; the resume journal is bound to it.
+
+    The column layout, the binding (model SHA-256, classes, preprocessing, saliency or method
+    settings), the monitor's decision rule (method, direction, per-class thresholds) and the
+    tool version. Not included, as they do not change rows: the device, batch sizes, the score
+    cache, the monitor's calibration statistics, the images folder (rows are keyed by image
+    content) and the output file's name.
+    """
+    rule = monitor.to_dict()
+    return {
+        "tool_version": __version__,
+        "columns": list(columns),
+        "binding": auditor.binding(),
+        "monitor": {
+            "method": rule["method"],
+            "direction": rule["direction"],
+            "thresholds": [
+                [c["name"], c["prediction_threshold"], c["flag_threshold"]] for c in rule["classes"]
+            ],
+        },
+    }
+
+
+def _map_store(auditor: Auditor, maps_dir: str | Path | None) -> MapStore | None:
+    if maps_dir is None:
+        return None
+    if auditor.method != "informer" or not auditor.keep_maps:
+        raise EvaluationError(
+            "saving maps needs the informer method and an Auditor(keep_maps=True); this run "
+            f"scores with {auditor.method!r}" + ("" if auditor.keep_maps else ", keep_maps=False")
+        )
+    return MapStore.create(maps_dir, auditor.binding())
+
+
+def _save_maps(store: MapStore, result: ImageResult) -> None:
+    if not result.ok or result.maps is None:
+        return
+    _, d, dist = _scored(result)
+    try:
+        image_sha256 = content_sha256(result.path)
+    except OSError:
+        image_sha256 = ""  # read a moment ago; the report then cannot check the file is the same
+    store.save(result.key, result.maps, dist, d, image_sha256)
+
+
+def _flag_cells(result: ImageResult, monitor: FlagMonitor, with_matrix: bool) -> list[str]:
+    """The cells of a scored image's flags row after its path, as the CSV writes them."""
+    probs, score = _probs_score(result)
+    yhat, flags, audited = (a[0] for a in monitor.audit(probs[None], score[None]))
+    cells = ["ok", ""]
+    for j in range(len(probs)):
+        cells += [
+            _num(probs[j]),
+            str(int(yhat[j])),
+            _num(score[j]),
+            str(int(flags[j])),
+            str(int(audited[j])),
+        ]
+    if with_matrix:
+        cells += matrix_values(_scored(result)[2])
+    return cells
+
+
+def _write_flags_csv(
+    out_csv: Path,
+    columns: Sequence[str],
+    paths: Sequence[Path],
+    hashes: Sequence[str | None],
+    failed: Mapping[int, str],
+    journal: FlagJournal,
     summary: FlagSummary,
-    with_matrix: bool,
 ) -> None:
-    summary.n_images += 1
+    """Write the flags CSV in folder order, atomically, and count it into ``summary``.
+
+    Scored rows are read back from the journal one at a time (memory does not grow with the
+    folder); failed rows come from ``failed``.
+    """
     k = len(summary.classes)
-    if not result.ok:
-        summary.n_failed += 1
-        summary.failures.append((result.key, str(result.error)))
-        row: list[Any] = [result.key, "failed", result.error] + [""] * (5 * k)
-        if with_matrix:
-            row += [""] * (k * (k - 1) // 2)
-    else:
-        probs, score = _probs_score(result)
-        yhat, flags, audited = (a[0] for a in monitor.audit(probs[None], score[None]))
-        summary.predicted += yhat
-        summary.flagged += flags
-        summary.audited += audited
-        row = [result.key, "ok", ""]
-        for j in range(k):
-            row += [_num(probs[j]), int(yhat[j]), _num(score[j]), int(flags[j]), int(audited[j])]
-        if with_matrix:
-            row += matrix_values(_scored(result)[2])
-    writer.writerow(row)
-    fh.flush()
+    counts = np.zeros((3, k), dtype=np.int64)  # predicted, flagged, audited positives
+    partial = out_csv.with_name(out_csv.name + ".partial")
+    # backslashreplace: a class name with lone surrogates must not stop the run at the end.
+    with partial.open("w", encoding="utf-8", errors="backslashreplace", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(columns)
+        for i, path in enumerate(paths):
+            key = printable(str(path))
+            summary.n_images += 1
+            sha = hashes[i]
+            if sha is None or i in failed:
+                summary.n_failed += 1
+                summary.failures.append((key, failed[i]))
+                writer.writerow([key, "failed", failed[i]] + [""] * (len(columns) - 3))
+                continue
+            cells = journal.cells(sha)
+            for j in range(k):
+                base = 2 + 5 * j  # cells: status, error, then prob, pred, score, flag, audited
+                counts[:, j] += [int(cells[base + 1]), int(cells[base + 3]), int(cells[base + 4])]
+            writer.writerow([key, *cells])
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(partial, out_csv)
+    fsync_folder(out_csv.parent)
+    summary.predicted, summary.flagged, summary.audited = counts[0], counts[1], counts[2]
 
 
 def write_scores_csv(path: str | Path, calibration: Calibration, classes: Sequence[str]) -> None:

@@ -181,3 +181,51 @@ def analytic_ixg(x: np.ndarray, params: dict) -> np.ndarray:
         act = 1.0 - np.tanh(flat @ w1) ** 2  # (N, Hd)
         grad = np.einsum("dh,nh,hk->nkd", w1, act, w)
     return (grad * flat[:, None, :]).reshape(n, w.shape[1], *x.shape[1:])
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray | None,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    transfer_syntax: str | None = None,
+    preamble: bool = True,
+    **elements,
+) -> Path:
+    """A single-frame DICOM file (Secondary Capture) written with pydicom.
+
+    ``pixels`` is (H, W) or (H, W, 3), uint8/uint16/int16; ``None`` writes no Pixel Data.
+    ``elements`` are set on the data set as given (WindowCenter=..., RescaleSlope=...).
+    A compressed ``transfer_syntax`` gets ``pixels`` encapsulated as they are (not a real
+    codestream: no decoder can read it).
+    """
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    syntax = UID(transfer_syntax or ExplicitVRLittleEndian)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    meta.TransferSyntaxUID = syntax
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128 if preamble else None)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape[:2]
+        ds.SamplesPerPixel = 1 if pixels.ndim == 2 else pixels.shape[2]
+        ds.PhotometricInterpretation = photometric
+        ds.BitsAllocated = pixels.dtype.itemsize * 8
+        ds.BitsStored = bits_stored or ds.BitsAllocated
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+        if pixels.ndim == 3:
+            ds.PlanarConfiguration = 0
+        data = np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()
+        ds.PixelData = encapsulate([data]) if syntax.is_compressed else data
+    for name, value in elements.items():
+        setattr(ds, name, value)
+    ds.save_as(path, enforce_file_format=preamble)
+    return path

@@ -387,7 +387,7 @@ def test_find_images_recursive_sorted_filtered(tmp_path: Path) -> None:
         ".hidden_dir/x.png",  # inside a hidden folder
         "a/.also_hidden.jpg",
         "notes.txt",  # not an image suffix
-        "scan.dcm",
+        "scan.nii",  # a suffix of no supported format (PNG inside, no DICOM marker)
         "archive.png.gz",
         "no_suffix",
     ]
@@ -414,7 +414,7 @@ def test_find_images_recursive_sorted_filtered(tmp_path: Path) -> None:
 
 
 def test_find_images_suffixes() -> None:
-    assert IMAGE_SUFFIXES == {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+    assert IMAGE_SUFFIXES == {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
 
 
 def test_find_images_empty_folder(tmp_path: Path) -> None:
