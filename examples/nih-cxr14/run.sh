@@ -15,6 +15,10 @@ informer-audit info "$model" --model-card "$card"
 informer-audit calibrate "$model" --model-card "$card" \
     --images val --labels val/labels.csv --patch-size 32 \
     -o "$out/monitor.json" --scores-csv "$out/calibration_scores.csv"
+# --save-maps keeps every image's class maps (compressed, a few KB each) so that the HTML report
+# (--report, or later `informer-audit report`) shows them without recomputing anything.
 informer-audit flag "$model" --model-card "$card" \
-    --monitor "$out/monitor.json" --images audit -o "$out/flags.csv"
-echo "outputs in $(pwd)/$out: monitor.json, calibration_scores.csv, flags.csv"
+    --monitor "$out/monitor.json" --images audit -o "$out/flags.csv" \
+    --save-maps "$out/maps" --report "$out/report"
+echo "outputs in $(pwd)/$out: monitor.json, calibration_scores.csv, flags.csv, maps/,"
+echo "report/index.html (open it in a browser)"
