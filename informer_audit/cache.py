@@ -70,14 +70,14 @@ def content_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """JSON-ready copy: numpy scalars and arrays to Python, tuples to lists."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
+        return plain_json(value.tolist())
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -106,9 +106,9 @@ def key_document(
         "model_sha256": str(model_sha256),
         "image_sha256": str(image_sha256),
         "kind": kind,
-        "settings": _plain(settings),
+        "settings": plain_json(settings),
         "classes": [str(c) for c in classes],
-        "preprocessing": _plain(preprocessing),
+        "preprocessing": plain_json(preprocessing),
     }
     return json.dumps(
         doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False

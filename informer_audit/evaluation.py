@@ -31,8 +31,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +43,7 @@ from numpy.typing import NDArray
 from . import __version__
 from .baselines import make_monitor, method_spec
 from .errors import EvaluationError, ReportError
-from .monitor import DIRECTIONS, FlagMonitor, atomic_write_text, f1_from_counts
+from .monitor import DIRECTIONS, FlagMonitor, atomic_write_bytes, atomic_write_text, f1_from_counts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -924,23 +922,6 @@ _BASELINE_COLOUR = "#a6a6a6"
 _DASHES = ("--", ":", "-.")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` via a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     # No "Software" entry (it carries the matplotlib version): same inputs, same bytes.
@@ -1217,7 +1198,7 @@ def write_report(
             ("bootstrap_boxplot.png", bootstrap_boxplot),
             ("risk_coverage.png", risk_coverage_plot),
         ):
-            _atomic_write_bytes(outdir / name, render(result))
+            atomic_write_bytes(outdir / name, render(result))
             written.append(outdir / name)
     report = render_report(result, title=title, provenance=dict(provenance or {}), plots=plots)
     atomic_write_text(outdir / "report.md", report)

@@ -46,8 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-import numpy as np
-
+from .cache import plain_json as _plain
 from .errors import ResumeError
 from .monitor import differences
 
@@ -69,19 +68,6 @@ def journal_path(out_csv: str | Path) -> Path:
     """The journal of a flags CSV: ``OUT.journal`` in the same folder."""
     out = Path(out_csv)
     return out.with_name(out.name + JOURNAL_SUFFIX)
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars and arrays to Python, tuples to lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def canonical_json(doc: Any) -> str:

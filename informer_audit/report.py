@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,7 @@ from .images import load_image, resize, to_channels
 from .labels import LabelSet
 from .mapstore import MapStore
 from .model import OnnxClassifier
-from .monitor import FlagMonitor, atomic_write_text, check_binding, load_monitor
+from .monitor import FlagMonitor, atomic_write_bytes, atomic_write_text, check_binding, load_monitor
 from .paths import safe_child
 from .pipeline import Auditor, ImageResult, matrix_columns
 from .saliency import adapter_from_settings
@@ -628,20 +627,6 @@ def _asset_path(outdir: Path, name: str) -> Path:
     return safe_child(outdir, f"{ASSETS}/{name}")
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fmt(v: float, digits: int = 3) -> str:
     return "–" if not math.isfinite(v) else f"{v:.{digits}f}"
 
@@ -913,7 +898,7 @@ class _Assets:
     def put(self, name: str, data: bytes) -> str:
         """Write ``data`` as ``assets/NAME``; returns the page's relative reference."""
         path = _asset_path(self.outdir, name)
-        _write_bytes(path, data)
+        atomic_write_bytes(path, data)
         self.written.append(path)
         return f"{ASSETS}/{name}"
 
