@@ -501,6 +501,26 @@ def _progress() -> Any:
     )
 
 
+def _provenance_line(prov: Any) -> str:
+    """One line for `info` from the exporter's provenance record (raw text if not an object)."""
+    if not isinstance(prov, dict):
+        return str(prov)
+    ckpt = prov.get("checkpoint")
+    if isinstance(ckpt, dict):
+        weights = (
+            f"{ckpt.get('file')} (sha256 {str(ckpt.get('sha256'))[:12]}…, {ckpt.get('layout')})"
+        )
+    elif prov.get("random_init"):
+        weights = f"random initialisation (seed {prov.get('random_init_seed')})"
+    else:
+        weights = "unknown weights"
+    return (
+        f"{prov.get('architecture', '?')} from {weights} by {prov.get('tool', '?')} "
+        f"{prov.get('tool_version', '')}, torch {prov.get('torch_version', '?')}, "
+        f"opset {prov.get('opset', '?')}"
+    )
+
+
 def _fmt(v: float, digits: int = 3) -> str:
     return "–" if v != v else f"{v:.{digits}f}"  # NaN -> dash
 
@@ -568,6 +588,9 @@ def info(as_json: bool, **kw: Any) -> None:
         ("execution providers", ", ".join(desc["providers"])),
         ("device", desc["device_note"]),
     ]
+    prov = desc.get("provenance")
+    if prov is not None:
+        rows.append(("exported", _provenance_line(prov)))
     for key, value in rows:
         table.add_row(key, _escape(str(value)))
     _console().print(table)

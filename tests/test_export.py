@@ -131,6 +131,7 @@ def test_info_reads_the_metadata(exported):
     assert r.exit_code == 0, r.output
     for text in ("A, B, C", "64 x 64", "ONNX metadata", "0.485, 0.456, 0.406", "dynamic"):
         assert text in r.output
+    assert "densenet121 from random initialisation (seed 0)" in r.output  # provenance row
     j = invoke("info", path, "--json", "--device", "cpu")
     desc = json.loads(j.output)
     assert desc["card_source"] == "ONNX metadata"
