@@ -16,18 +16,23 @@ boundaries, so every batch but the last is full.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from informer_audit.errors import SaliencyError
+from informer_audit.errors import MeaninglessSettingWarning, SaliencyError
 from informer_audit.saliency import ProgressCallback, SaliencyAdapter, register_adapter
 
 if TYPE_CHECKING:
     from informer_audit.model import OnnxClassifier
 
 SCHEMES = ("central", "forward")
+DEFAULT_STEP = 1e-3
+MIN_PATCHES = 4
+"""Fewer patches than this: each class map has so few entries that the cosine distances
+between them take few distinct values (one patch: every map is a number, d_kl is 0 or 2)."""
 
 
 @register_adapter
@@ -38,9 +43,30 @@ class FiniteDifferenceIxG(SaliencyAdapter):
     ----------
     patch_size : int
         Side of the square patches in model-input pixels (edge patches may be smaller).
-    step : float
-        Relative step ``h``: patch pixels are scaled by ``1 +/- h``. 1e-3 is the measured sweet
-        spot for float32 models (FACTS.md: cosine 0.998-0.999 to the exact map at 320 px).
+    step : float, optional
+        Relative step ``h``: patch pixels are scaled by ``1 +/- h``. Default 1e-3, the measured
+        sweet spot for float32 models (FACTS.md: cosine 0.998-0.999 to the exact map at 320 px).
+        A model that computes in float16 or bfloat16 (:attr:`OnnxClassifier.reduced_precision`)
+        is refused unless a step is given: float16 resolves one part in 1024, so at h = 1e-3
+        the perturbed pixels round back to the image and the logit differences are rounding.
+        Measured on a tiny tanh network (32 px, 8 px patches, 4 classes, logits up to 6.1;
+        float16 probabilities within 3.5e-4 of float32's), cosine of its FD maps to the
+        float64 model's (min over 6 images x 4 classes) and the largest change of d, as
+        ``tests/test_model_numerics.py`` builds it:
+
+        ==========  =================  =================  ==================
+        h           float16 in/out     float16 inside     float32 (for scale)
+        ==========  =================  =================  ==================
+        1e-3        0 (zero map), 0.74 0.946, 0.24        1.0000, 0.001
+        1e-2        0.992, 0.066       0.9993, 0.033      1.0000, 0.000
+        3.1e-2      0.9994, 0.022      1.0000, 0.006      1.0000, 0.002
+        5e-2        0.9997, 0.017      1.0000, 0.006      1.0000, 0.004
+        1e-1        0.9998, 0.018      0.9999, 0.015      0.9999, 0.016
+        ==========  =================  =================  ==================
+
+        Hence the suggestion ``h = sqrt(eps)`` (0.031 for float16) and a warning below half; a
+        step that large trades rounding for the network's curvature, which this tiny model
+        under-represents, so check the maps of a real model against exact gradients.
     scheme : {"central", "forward"}
         Central differences (2P passes, error O(h^2)) or forward (P + 1 passes, O(h)).
     batch_size : int
@@ -53,13 +79,16 @@ class FiniteDifferenceIxG(SaliencyAdapter):
     def __init__(
         self,
         patch_size: int = 16,
-        step: float = 1e-3,
+        step: float | None = None,
         scheme: str = "central",
         batch_size: int = 32,
     ) -> None:
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
             raise SaliencyError(f"fd: patch_size must be a positive integer, got {patch_size!r}")
-        step = float(step)
+        # Whether the step was chosen (by the user, or a monitor's settings) or is the default:
+        # only the default is refused for a reduced-precision model (see check).
+        self.step_given = step is not None
+        step = float(DEFAULT_STEP if step is None else step)
         if not (0.0 < step < 0.5):
             raise SaliencyError(f"fd: step must lie in (0, 0.5), got {step!r}")
         if scheme not in SCHEMES:
@@ -83,6 +112,66 @@ class FiniteDifferenceIxG(SaliencyAdapter):
         self._down = np.float32(1.0 - step)
         self._a = float(self._up) - 1.0
         self._b = 1.0 - float(self._down)
+
+    def check(self, model: OnnxClassifier) -> None:
+        """Refuse a single patch or the default step on a float16 model; warn on few patches.
+
+        Raises
+        ------
+        SaliencyError
+            When the patch covers the whole input (one patch: every class map is one number,
+            so the cosine distances between classes are 0 or 2 and d says nothing), or when
+            the model computes in reduced precision and no step was given.
+
+        Warns
+        -----
+        MeaninglessSettingWarning
+            Fewer than :data:`MIN_PATCHES` patches, or a given step below ``sqrt(eps) / 2`` of
+            a reduced-precision model (float16: 0.016; at 1e-2 the table above shows d off by
+            0.066).
+        """
+        height, width = model.card.image_size
+        gh, gw = self.grid(height, width)
+        if gh * gw == 1:
+            raise SaliencyError(
+                f"fd: patch_size {self.patch_size} covers the whole {height}x{width} model input: "
+                "one patch, so every class map is a single number and the cosine distance "
+                "between two classes is 0 or 2, whatever the image; choose a patch size below "
+                f"{max(height, width)} (--patch-size; at least {MIN_PATCHES} patches, e.g. "
+                f"{max(1, min(height, width) // 2)})"
+            )
+        if gh * gw < MIN_PATCHES:
+            warnings.warn(
+                f"fd: patch_size {self.patch_size} cuts the {height}x{width} model input into "
+                f"only {gh * gw} patches: class maps of {gh * gw} numbers leave the distances "
+                f"between classes, and so d, poorly determined; use at least {MIN_PATCHES} "
+                "patches (a smaller --patch-size)",
+                MeaninglessSettingWarning,
+                stacklevel=2,
+            )
+        if not model.reduced_precision:
+            return
+        eps = model.precision_eps
+        suggested = float(f"{math.sqrt(eps):.2g}")
+        where = "; ".join(model.reduced_precision)
+        if not self.step_given:
+            raise SaliencyError(
+                f"fd: {model.path} computes in reduced precision ({where}): machine epsilon "
+                f"{eps:.2g}, so at the default step h = {DEFAULT_STEP:g} the perturbed pixels "
+                "round back to the image and differences of logits of magnitude 1-10 are "
+                "rounding, not gradient (on a float16 test model d moved by up to 0.74). Give "
+                f"a step the precision resolves, about sqrt(eps): --fd-step {suggested:g} "
+                "(check the maps against exact gradients: a large step meets the network's "
+                "curvature), or use --saliency lime (large perturbations) or gradient (exact)"
+            )
+        if self.step < math.sqrt(eps) / 2:
+            warnings.warn(
+                f"fd: step {self.step:g} is below sqrt(eps) / 2 = {math.sqrt(eps) / 2:.2g} of "
+                f"this reduced-precision model ({where}): logit differences at this step are "
+                f"partly rounding; about {suggested:g} is the step its precision supports",
+                MeaninglessSettingWarning,
+                stacklevel=2,
+            )
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Number of patch rows and columns for an input of ``height`` x ``width``."""

@@ -73,27 +73,65 @@ class MethodSpec:
         What computing the score takes: class saliency maps, only the probabilities, or extra
         forward passes through the model.
     description : str
+    score_bounds : (float, float)
+        The least and greatest value the raw score can take; for a score summed over the other
+        classes (``pairwise``), the bounds of one pair's term.
+    pairwise : bool
+        The score is a sum over the K - 1 other classes (INFORMER's ``d_k``, each term a cosine
+        distance in [0, 2]), so its range grows with the number of audited classes.
     """
 
     name: str
     direction: str
     needs: str
     description: str
+    score_bounds: tuple[float, float]
+    pairwise: bool = False
+
+    def score_range(self, n_classes: int) -> tuple[float, float]:
+        """The closed interval the raw score lies in, for ``n_classes`` audited classes.
+
+        A monitor file's flag thresholds are checked against it (:func:`.monitor.load_monitor`),
+        and the flag-threshold grid of ``direction="above"`` reaches its top, so that the
+        threshold that flags nothing on the calibration set flags nothing on any image.
+        """
+        lo, hi = self.score_bounds
+        if self.pairwise:
+            others = max(int(n_classes) - 1, 0)
+            return lo * others, hi * others
+        return lo, hi
 
 
 METHODS: Mapping[str, MethodSpec] = MappingProxyType(
     {
         "informer": MethodSpec(
-            "informer", "below", "saliency", "class distinctiveness d_k of the class saliency maps"
+            "informer",
+            "below",
+            "saliency",
+            "class distinctiveness d_k of the class saliency maps",
+            score_bounds=(0.0, 2.0),  # d_k = sum over l != k of 1 - cos_kl: [0, 2 (K - 1)]
+            pairwise=True,
         ),
         "entropy": MethodSpec(
-            "entropy", "above", "probabilities", "binary predictive entropy H_k of p_k, in bits"
+            "entropy",
+            "above",
+            "probabilities",
+            "binary predictive entropy H_k of p_k, in bits",
+            score_bounds=(0.0, 1.0),
         ),
         "tta": MethodSpec(
-            "tta", "above", "model", "standard deviation of p_k over test-time augmented copies"
+            "tta",
+            "above",
+            "model",
+            "standard deviation of p_k over test-time augmented copies",
+            score_bounds=(0.0, 0.5),  # the std of values in [0, 1] is at most 1/2
         ),
         "msp": MethodSpec(
-            "msp", "below", "probabilities", "maximum class probability max(p_k, 1 - p_k)"
+            "msp",
+            "below",
+            "probabilities",
+            "maximum class probability max(p_k, 1 - p_k)",
+            score_bounds=(0.5, 1.0),
         ),
     }
 )

@@ -69,8 +69,25 @@ def _handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import warnings
+
+        from .errors import InformerAuditWarning
+
+        plain_show = warnings.showwarning
+
+        def show(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
+            # The library warns through `warnings` (it never prints); its own warnings are
+            # shown here as one line each, others as Python shows them.
+            if issubclass(category, InformerAuditWarning):
+                _console(stderr=True).print(f"[bold yellow]warning:[/] {_escape(str(message))}")
+            else:
+                plain_show(message, category, *rest, **kw)
+
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", InformerAuditWarning)
+                warnings.showwarning = show
+                return func(*args, **kwargs)
         except DeviceUnavailableError as exc:
             _console(stderr=True).print(f"[bold red]error:[/] {_escape(str(exc))}")
             sys.exit(EXIT_DEVICE)
@@ -626,10 +643,21 @@ def calibrate(**kw: Any) -> None:
     """
     from .labels import parse_class_map, read_labels
     from .monitor import save_monitor
+    from .paths import check_outputs, write_outputs
     from .pipeline import Auditor, write_scores_csv
     from .pipeline import calibrate as run_calibration
     from .saliency import get_adapter
 
+    inputs: dict[str, Any] = {
+        "MODEL": kw["model"],
+        "--model-card": kw["model_card"],
+        "--labels": kw["labels_csv"],
+        "--torch-weights": kw["torch_weights"],
+    }
+    input_dirs = {"--images": kw["images"]}
+    outputs = {"-o": kw["output"], "--scores-csv": kw["scores_csv"]}
+    output_dirs = {"--cache": kw["cache_dir"]}
+    check_outputs(inputs, input_dirs, outputs, output_dirs)
     model = _load_model(kw)
     method = kw.pop("method") or "informer"
     tta = _pop_tta(kw, method == "tta")
@@ -652,6 +680,9 @@ def calibrate(**kw: Any) -> None:
         split=kw["split"],
         path_column=kw["path_column"],
     )
+    # Now known: the model's external data and the images the labels list (maybe elsewhere).
+    inputs.update({"MODEL": model.files, "images listed in --labels": labels.paths})
+    check_outputs(inputs, input_dirs, outputs, output_dirs)
     auditor = Auditor(
         model,
         adapter,
@@ -690,9 +721,15 @@ def calibrate(**kw: Any) -> None:
         "n_failed": len(result.failures),
         "failures": [{"path": f.key, "error": f.error} for f in result.failures],
     }
-    save_monitor(kw["output"], result.monitor, result.binding, provenance)
+    writes: list[tuple[str, Path, Callable[[Path], Any]]] = [
+        ("-o", kw["output"], lambda p: save_monitor(p, result.monitor, result.binding, provenance))
+    ]
     if kw["scores_csv"]:
-        write_scores_csv(kw["scores_csv"], result, auditor.classes)
+        classes = auditor.classes
+        writes.append(
+            ("--scores-csv", kw["scores_csv"], lambda p: write_scores_csv(p, result, classes))
+        )
+    write_outputs(writes)  # a failed write leaves the results in a recovery folder, and says so
     _render_calibration(result)
     _render_failures([(f.key, str(f.error)) for f in result.failures])
     _render_cache(auditor)
@@ -763,7 +800,8 @@ def _render_failures(failures: list[tuple[str, str]]) -> None:
     if not failures:
         return
     err = _console(stderr=True)
-    err.print(f"[bold yellow]{len(failures)} file(s) failed[/] and were skipped:")
+    # "failed", not "skipped": skipped files (not images, hidden) are a list of their own.
+    err.print(f"[bold yellow]{len(failures)} file(s) failed[/] and were not scored:")
     for key, error in failures[:20]:
         err.print(f"  {_escape(key)}: {_escape(error)}")
     if len(failures) > 20:
@@ -779,7 +817,10 @@ def _render_failures(failures: list[tuple[str, str]]) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Monitor JSON written by calibrate for this model.",
 )
-@images_option("Folder audited recursively (PNG, JPEG, BMP, TIFF, DICOM).")
+@images_option(
+    "Folder audited recursively (PNG, JPEG, BMP, TIFF, GIF, WebP, DICOM, ...: any image, by "
+    "content); other files are listed as skipped with the reason."
+)
 @output_option(
     "Flags CSV to write (one row per image). An interrupted run's finished rows wait in "
     "FILE.journal; rerunning the same command resumes from them."
@@ -817,10 +858,31 @@ def flag(**kw: Any) -> None:
     card come from the monitor; settings given here must match it.
     """
     from .errors import MonitorMismatchError
+    from .journal import journal_path
     from .monitor import load_monitor
+    from .paths import check_outputs
     from .pipeline import Auditor, binding_method, flag_folder, tta_params
     from .saliency import adapter_from_settings
 
+    out: Path = kw["output"]
+    inputs: dict[str, Any] = {
+        "MODEL": kw["model"],
+        "--model-card": kw["model_card"],
+        "--monitor": kw["monitor_path"],
+        "--torch-weights": kw["torch_weights"],
+    }
+    input_dirs = {"--images": kw["images"]}
+    outputs = {
+        "-o": out,
+        "-o's journal (OUTPUT.journal)": journal_path(out),
+        "-o's partial file (OUTPUT.partial)": out.with_name(out.name + ".partial"),
+    }
+    output_dirs = {
+        "--save-maps": kw["save_maps"],
+        "--report": kw["report_dir"],
+        "--cache": kw["cache_dir"],
+    }
+    check_outputs(inputs, input_dirs, outputs, output_dirs)
     monitor, binding, _ = load_monitor(kw["monitor_path"])
     method = kw.pop("method") or monitor.method
     if method != monitor.method:
@@ -843,6 +905,7 @@ def flag(**kw: Any) -> None:
     # fitted with, and is bound to this very file (checked below).
     monitor_card = {"class_names": binding["class_names"], **binding["preprocessing"]}
     model = _load_model(kw, monitor_card, f"monitor {kw['monitor_path']}")
+    check_outputs({**inputs, "MODEL": model.files}, input_dirs, outputs, output_dirs)
     adapter = None
     if method == "informer":
         settings = dict(binding["saliency"])
@@ -903,6 +966,11 @@ def flag(**kw: Any) -> None:
             f"resumed: {summary.n_resumed} image(s) already audited by an interrupted run "
             "(rows taken from its journal, not scored again)"
         )
+    if summary.n_duplicates:
+        err.print(
+            f"{summary.n_duplicates} file(s) have the same bytes as another file in this "
+            "folder: their rows were copied from it (not scored twice)"
+        )
     _render_flag_summary(summary)
     _render_failures(summary.failures)
     _render_cache(auditor)
@@ -933,6 +1001,7 @@ def _render_flag_summary(summary: Any) -> None:
     table = Table(
         title=f"Audit of {summary.n_images} images ({summary.n_ok} scored, "
         f"{summary.n_failed} failed)"
+        + (f"; {len(summary.skipped)} other file(s) skipped" if summary.skipped else "")
     )
     for col in ("class", "predicted positive", "flagged", "flag rate", "audited positive"):
         table.add_column(col, justify="left" if col == "class" else "right")
@@ -946,6 +1015,28 @@ def _render_flag_summary(summary: Any) -> None:
             str(summary.audited[j]),
         )
     _console().print(table)
+    _render_skipped(summary.skipped)
+
+
+def _render_skipped(skipped: list[tuple[str, str]]) -> None:
+    """Files under --images that were not audited (not images, hidden, ...): counts, then a list."""
+    if not skipped:
+        return
+    kinds: dict[str, int] = {}
+    for _, reason in skipped:
+        kind = reason.split(" (")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    err = _console(stderr=True)
+    err.print(
+        f"[bold]{len(skipped)} file(s) under --images were skipped[/] (no row in the CSV): "
+        + ", ".join(f"{n} {_escape(kind)}" for kind, n in kinds.items())
+    )
+    # Hidden files (a .git folder) would crowd out the rest: list the others first.
+    shown = sorted(skipped, key=lambda item: "hidden" in item[1])
+    for key, reason in shown[:20]:
+        err.print(f"  {_escape(key)}: {_escape(reason)}")
+    if len(skipped) > 20:
+        err.print(f"  ... and {len(skipped) - 20} more")
 
 
 def _export_architectures() -> list[str]:
@@ -1021,7 +1112,9 @@ def export_command(**kw: Any) -> None:
     input size and normalisation from it. Needs torch (pip install "informer-audit[torch]").
     """
     from .export import export_architecture
+    from .paths import check_outputs
 
+    check_outputs({"--weights": kw["weights"]}, {}, {"-o": kw["output"]})
     size = _split_list(kw["image_size"], int)
     if not size or len(size) > 2:
         raise click.BadParameter(
@@ -1181,8 +1274,21 @@ def evaluate_command(**kw: Any) -> None:
     """
     from .evaluate import run_evaluation, write_evaluation
     from .labels import parse_class_map, read_labels
+    from .paths import check_outputs, write_outputs
     from .saliency import get_adapter
 
+    outdir: Path = kw["output"]
+    cache_dir = None if kw["no_cache"] else (kw["cache_dir"] or outdir / "cache")
+    inputs: dict[str, Any] = {
+        "MODEL": kw["model"],
+        "--model-card": kw["model_card"],
+        "--calib-labels": kw["calib_labels"],
+        "--test-labels": kw["test_labels"],
+        "--torch-weights": kw["torch_weights"],
+    }
+    input_dirs = {"--calib-images": kw["calib_images"], "--test-images": kw["test_images"]}
+    output_dirs = {"OUTDIR (-o)": outdir, "--cache": cache_dir}
+    check_outputs(inputs, input_dirs, {}, output_dirs)
     methods: list[str] = kw["methods"]
     seed = kw["seed"]
     tta = _pop_tta(kw, "tta" in methods)
@@ -1223,8 +1329,9 @@ def evaluate_command(**kw: Any) -> None:
         )
         for part in ("calib", "test")
     }
-    outdir: Path = kw["output"]
-    cache_dir = None if kw["no_cache"] else (kw["cache_dir"] or outdir / "cache")
+    inputs["MODEL"] = model.files
+    inputs.update({f"images listed in --{p}-labels": sets[p].paths for p in ("calib", "test")})
+    check_outputs(inputs, input_dirs, {}, output_dirs)
     err = _console(stderr=True)
     err.print(
         f"[bold]evaluate[/]: {len(sets['calib'])} calibration and {len(sets['test'])} test images;"
@@ -1270,9 +1377,9 @@ def evaluate_command(**kw: Any) -> None:
         for part, key in (("calibration", "calib"), ("test", "test"))
     }
     calib = sets["calib"]
-    written = write_evaluation(
+    write = functools.partial(
+        write_evaluation,
         run,
-        outdir,
         title=f"INFORMER evaluation of {model.path.name}",
         provenance={
             "model": model.path.name,
@@ -1290,6 +1397,8 @@ def evaluate_command(**kw: Any) -> None:
         },
         plots=not kw["no_plots"],
     )
+    # A failed write leaves the results in a recovery folder, and says where.
+    written = write_outputs([("OUTDIR (-o)", outdir, write)])[0]
     _render_evaluation(run)
     _render_failures([(f"{f.image_set}: {f.key}", f.error) for f in run.failures])
     if run.overlap:
@@ -1471,8 +1580,18 @@ def report_command(**kw: Any) -> None:
     from .labels import parse_class_map, read_labels
     from .model import OnnxClassifier
     from .monitor import load_monitor
+    from .paths import check_outputs
 
     monitor_path: Path = kw["monitor_path"]
+    inputs: dict[str, Any] = {
+        "FLAGS_CSV": kw["flags_csv"],
+        "--monitor": monitor_path,
+        "--model": kw["model_path"],
+        "--model-card": kw["model_card"],
+        "--labels": kw["labels_csv"],
+    }
+    input_dirs = {"--images": kw["images"], "--maps": kw["maps_dir"]}
+    check_outputs(inputs, input_dirs, {}, {"-o": kw["output"]})
     _, binding, _ = load_monitor(monitor_path)
     audited = [str(c) for c in binding["audited_classes"]]
     model = None
@@ -1485,6 +1604,8 @@ def report_command(**kw: Any) -> None:
             fallback_card={"class_names": binding["class_names"], **binding["preprocessing"]},
             fallback_source=f"monitor {monitor_path}",
         )
+        inputs["--model"] = model.files  # with its external data
+        check_outputs(inputs, input_dirs, {}, {"-o": kw["output"]})
     elif kw["model_card"] is not None:
         raise click.UsageError("--model-card applies to --model")
     labels = None

@@ -73,4 +73,23 @@ class ResumeError(InformerAuditError, ValueError):
 
 
 class OutputPathError(InformerAuditError, ValueError):
-    """A file name derived from the input would be written outside the chosen output folder."""
+    """An output path is refused: a name derived from the input would leave the chosen output
+    folder, or an output would overwrite one of the run's inputs or another output, or it
+    cannot be written (under a regular file, in a folder this process cannot write)."""
+
+
+class OutputWriteError(InformerAuditError, OSError):
+    """Writing an output failed after the work was done; the message says where the computed
+    results were saved instead."""
+
+
+class InformerAuditWarning(UserWarning):
+    """Base class of the warnings informer-audit issues (the CLI prints them as ``warning:``)."""
+
+
+class MeaninglessSettingWarning(InformerAuditWarning):
+    """A setting is accepted, but it leaves the distinctiveness d poorly determined.
+
+    For example too few patches or LIME samples, or a finite-difference step below what the
+    model's floating-point precision resolves.
+    """

@@ -23,12 +23,31 @@ display leaves nothing better to use)*. RGB and YBR files become RGB (``BitsStor
 the 8-bit range), PALETTE COLOR files go through their palette. Multi-frame files and pixel data
 that no installed decoder can read are refused with the reason; a DICOM object without pixel
 data (a report, a presentation state, a truncated file) is refused as "no pixel data".
+
+Every format gets the same treatment *(ours)*:
+
+* the pixel limit :func:`pixel_limit` (against decompression bombs);
+* one image per file: a file of several frames (multi-frame DICOM, multi-page TIFF, animated
+  GIF, PNG (APNG) or WebP) is refused, naming the file and the frame count, as a stack of
+  X-rays in one file is ambiguous. Not counted as frames: a TIFF's reduced-resolution pages
+  (thumbnails) and an MPO JPEG's extra pictures (previews, depth maps; the first picture is
+  the primary image by the format's definition);
+* the orientation tag (EXIF ``Orientation``, 0x0112, in JPEG, PNG, WebP, ... as Pillow reads
+  it, including from XMP; the TIFF ``Orientation`` tag 274 for files read with tifffile) is
+  applied, for all 8 values, as every viewer and ``PIL.ImageOps.exif_transpose`` show the
+  image; other values mean "as stored". DICOM has no such tag.
+
+A folder is listed by :func:`scan_folder`: every file under it is either audited or skipped
+with its reason (see there).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 import warnings
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,46 +57,259 @@ from PIL import Image
 
 from .errors import ImageReadError
 
+logger = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 )
-"""File suffixes (lower case) that :func:`find_images` collects (and any file with the DICOM
-marker)."""
+"""File suffixes (lower case) that :func:`scan_folder` audits whatever their content (a broken
+file so named is a failure, not a skip); files of other names are audited when their content
+is an image."""
 
 DICOM_SUFFIXES: frozenset[str] = frozenset({".dcm", ".dicom"})
 """Suffixes read as DICOM even without the ``DICM`` marker (data sets without a preamble)."""
 
-MAX_PIXELS = 20_000 * 20_000
-"""Images with more pixels than this are refused (decompression bombs)."""
+MAX_PIXELS = 89_478_485
+"""Images with more pixels than this are refused (decompression bombs); Pillow's own default
+``Image.MAX_IMAGE_PIXELS``, so that every format has the same limit (:func:`pixel_limit`)."""
 
 CanonicalImage = NDArray[np.float32]
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 _PILLOW_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")  # PNG, JPEG, BMP
+# Signatures that make a file an image whatever its name (a broken one is then a failure):
+# PNG, JPEG, BMP, GIF, JPEG 2000 (codestream, JP2 box); WebP is RIFF....WEBP.
+_IMAGE_MAGIC = (*_PILLOW_MAGIC, b"GIF87a", b"GIF89a", b"\xffO\xffQ", b"\x00\x00\x00\x0cjP  ")
 _DICOM_MAGIC, _DICOM_MAGIC_AT = b"DICM", 128
 _DICOM_GRAY = ("MONOCHROME1", "MONOCHROME2")
 _DICOM_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR")
 
 
-def find_images(root: str | Path) -> list[Path]:
-    """All image files under ``root``, recursively, sorted by relative path (deterministic).
+@dataclass
+class FolderScan:
+    """Every file under a folder, audited or skipped (:func:`scan_folder`).
+
+    Attributes
+    ----------
+    images : list of Path
+        The files to audit, sorted by path relative to the folder (deterministic).
+    skipped : list of (Path, str)
+        Everything else under the folder, with the reason it is not audited, sorted the same
+        way: hidden files, files that are not images, broken symlinks, special files, folder
+        links not followed, folders that cannot be listed.
+    """
+
+    images: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def scan_folder(root: str | Path) -> FolderScan:
+    """List every file under ``root``, recursively: each is audited or skipped with its reason.
+
+    A file is audited when its suffix (any case) is in :data:`IMAGE_SUFFIXES` (a broken file
+    so named then fails, with its reason, instead of being skipped), or else when its content
+    is an image :func:`load_image` reads: the DICOM marker at byte 128 (DICOM files are often
+    named by UID), a TIFF, PNG, JPEG, BMP, GIF, WebP or JPEG 2000 signature, or any other
+    format Pillow identifies. This is the decision ``calibrate`` makes for the files a labels
+    CSV names. A file that cannot be opened to look is audited (its failure says why).
+
+    Skipped, with the reason: files that are not images (``labels.csv``, ``README.txt``),
+    hidden files and every file in a hidden folder (name starting with ``.``; walked to be
+    counted, never audited), broken symlinks, FIFOs, sockets and devices, and folders that
+    cannot be listed.
+
+    Symlinks *(ours)*: a link to a file is listed under its own path (two paths with the same
+    bytes are scored once, by content, downstream). A link to a folder is followed, also out
+    of ``root`` (data is often linked in), but each real folder is listed once: real
+    subfolders first, then links in path order, and a link to a folder already listed, or to
+    a folder that contains ``root`` (``.``, ``..``), is skipped with that reason. A symlink
+    loop therefore never multiplies rows.
 
     Parameters
     ----------
     root
-        A folder. Hidden files and folders (name starting with ``.``) are skipped.
+        A folder.
 
     Returns
     -------
-    list of Path
-        Files whose suffix (any case) is in :data:`IMAGE_SUFFIXES`, and DICOM files of any
-        other name (``DICM`` at byte 128: DICOM files are often named by UID, without suffix).
+    FolderScan
+
+    Raises
+    ------
+    ImageReadError
+        ``root`` is not a folder.
     """
     root = Path(root)
     if not root.is_dir():
         raise ImageReadError(f"{root}: expected a folder of images, but it is not a folder")
-    found = [p for p in _walk(root) if p.suffix.lower() in IMAGE_SUFFIXES or is_dicom(p)]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    root_real = root.resolve()
+    st = root.stat()
+    seen: dict[tuple[int, int], Path] = {(st.st_dev, st.st_ino): root}
+    # Folders still to list, with whether they lie in a hidden folder. Links to folders wait
+    # until every real folder is listed, so that a real folder keeps its own path.
+    folders: list[tuple[Path, bool]] = [(root, False)]
+    links: list[tuple[Path, bool]] = []
+    images: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    while folders or links:
+        if folders:
+            folder, hidden = folders.pop()
+        else:
+            links.sort(key=lambda item: item[0].relative_to(root).as_posix(), reverse=True)
+            folder, hidden = links.pop()
+            reason = _folder_link_reason(folder, root_real, seen)
+            if reason is not None:
+                skipped.append((folder, reason))
+                continue
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append((folder, f"cannot list the folder ({exc.strerror or exc})"))
+            continue
+        for entry in entries:
+            path = folder / entry.name
+            in_hidden = hidden or entry.name.startswith(".")
+            try:
+                is_link = entry.is_symlink()
+                st = os.stat(path)  # follows links
+            except OSError as exc:
+                skipped.append((path, _unreachable(path, exc)))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if is_link:
+                    links.append((path, in_hidden))
+                elif key in seen:  # a real folder reached again through a followed link
+                    skipped.append((path, f"folder already listed (as {seen[key]})"))
+                else:
+                    seen[key] = path
+                    folders.append((path, in_hidden))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append((path, "not a regular file (a FIFO, socket or device)"))
+            elif hidden:
+                skipped.append((path, "in a hidden folder (a folder name starts with '.')"))
+            elif in_hidden:
+                skipped.append((path, "hidden file (name starts with '.')"))
+            elif (reason := _not_an_image(path)) is not None:
+                skipped.append((path, reason))
+            else:
+                images.append(path)
+
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    return FolderScan(sorted(images, key=rel), sorted(skipped, key=lambda item: rel(item[0])))
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """The files :func:`scan_folder` audits under ``root``, sorted by relative path."""
+    return scan_folder(root).images
+
+
+def _folder_link_reason(
+    link: Path, root_real: Path, seen: dict[tuple[int, int], Path]
+) -> str | None:
+    """Why a link to a folder is not followed; ``None`` to follow it (and mark it seen)."""
+    try:
+        target = link.resolve(strict=True)
+        st = target.stat()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop, on older Pythons
+        return f"broken symlink ({exc})"
+    key = (st.st_dev, st.st_ino)
+    if root_real == target or root_real.is_relative_to(target):
+        return f"link to a folder that contains the audited folder ({target}): not followed"
+    if key in seen:
+        return f"link to a folder already listed (as {seen[key]}): not followed twice"
+    seen[key] = link
+    return None
+
+
+def _unreachable(path: Path, exc: OSError) -> str:
+    """Why a folder entry whose target cannot be reached is skipped."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return f"cannot read the file's status ({exc.strerror or exc})"
+    return f"broken symlink (to {target}: {exc.strerror or exc})"
+
+
+def _not_an_image(path: Path) -> str | None:
+    """Why a regular file is not audited; ``None`` when it is (see :func:`scan_folder`)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(_DICOM_MAGIC_AT + len(_DICOM_MAGIC))
+    except OSError:
+        return None  # loading it records why it cannot be read
+    if not head:
+        return "not an image (empty file)"
+    if (
+        head[_DICOM_MAGIC_AT:] == _DICOM_MAGIC
+        or head[:4] in _TIFF_MAGIC
+        or head.startswith(_IMAGE_MAGIC)
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    ):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path):  # reads the header only
+                return None
+    except Image.DecompressionBombError:
+        return None  # an image, refused when loaded
+    except Exception:  # UnidentifiedImageError, or whatever a plugin raises on other bytes
+        return "not an image (its content is no image format that can be read)"
+
+
+def pixel_limit() -> int:
+    """The most pixels an image may have, the same in every format.
+
+    :data:`MAX_PIXELS`, or Pillow's ``Image.MAX_IMAGE_PIXELS`` where an application set it
+    lower (Pillow enforces that one on the files it reads).
+    """
+    pillow = Image.MAX_IMAGE_PIXELS
+    return MAX_PIXELS if pillow is None else min(MAX_PIXELS, int(pillow))
+
+
+def _too_many_pixels(path: Path, width: int, height: int) -> ImageReadError | None:
+    limit = pixel_limit()
+    if width * height <= limit:
+        return None
+    return ImageReadError(
+        f"{path}: {width}x{height} pixels exceeds the limit of {limit} pixels "
+        "(possible decompression bomb)"
+    )
+
+
+def _multi_frame(path: Path, kind: str, frames: int) -> ImageReadError:
+    return ImageReadError(
+        f"{path}: multi-frame {kind} ({frames} frames) is not supported; expected one image "
+        "per file (export the frame to audit as its own file)"
+    )
+
+
+def _orient(array: NDArray[np.generic], orientation: object) -> NDArray[np.generic]:
+    """Apply an EXIF/TIFF orientation (1-8) to an (H, W[, C]) array, as it is displayed.
+
+    The same transposes as ``PIL.ImageOps.exif_transpose``; any other value means as stored.
+    """
+    if orientation == 2:
+        return array[:, ::-1]
+    if orientation == 3:
+        return array[::-1, ::-1]
+    if orientation == 4:
+        return array[::-1]
+    if orientation == 5:
+        return array.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(array, -1)
+    if orientation == 7:
+        return array[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(array, 1)
+    return array
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -90,24 +322,15 @@ def is_dicom(path: str | Path) -> bool:
         return False
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            yield from _walk(entry)
-        elif entry.is_file():
-            yield entry
-
-
 def load_image(path: str | Path) -> CanonicalImage:
     """Read one image file into the canonical convention.
 
     Parameters
     ----------
     path
-        PNG, JPEG, BMP or TIFF (8- or 16-bit; grayscale, RGB, RGBA, palette, CMYK), or DICOM
-        (one frame; see the module docstring).
+        PNG, JPEG, BMP, TIFF, GIF, WebP or any other single-frame format Pillow reads (8- or
+        16-bit; grayscale, RGB, RGBA, palette, CMYK; orientation tag applied), or DICOM (one
+        frame; see the module docstring).
 
     Returns
     -------
@@ -117,8 +340,8 @@ def load_image(path: str | Path) -> CanonicalImage:
     Raises
     ------
     ImageReadError
-        The file is missing, empty, corrupt, too large, or of a pixel type that has no
-        meaning as an X-ray intensity.
+        The file is missing, empty, corrupt, too large, has several frames, or is of a pixel
+        type that has no meaning as an X-ray intensity.
     """
     path = Path(path)
     if not path.is_file():
@@ -144,13 +367,15 @@ def _read_pillow(path: Path) -> NDArray[np.generic]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ImageReadError(
-                        f"{path}: {im.width}x{im.height} pixels exceeds the limit of "
-                        f"{MAX_PIXELS} pixels (possible decompression bomb)"
-                    )
+                too_big = _too_many_pixels(path, im.width, im.height)
+                if too_big is not None:
+                    raise too_big
+                frames = int(getattr(im, "n_frames", 1))
+                if frames > 1 and im.format != "MPO":  # MPO: the first picture is the image
+                    raise _multi_frame(path, str(im.format), frames)
                 im.load()
-                return _pil_to_array(im)
+                orientation = _exif_orientation(path, im)
+                return _orient(_pil_to_array(im), orientation)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -160,6 +385,16 @@ def _read_pillow(path: Path) -> NDArray[np.generic]:
         raise ImageReadError(
             f"{path}: cannot read as an image (expected PNG, JPEG, BMP or TIFF): {exc}"
         ) from exc
+
+
+def _exif_orientation(path: Path, im: Image.Image) -> object:
+    """The image's EXIF orientation (0x0112, also from XMP as Pillow reads it), or None."""
+    try:
+        return im.getexif().get(0x0112)
+    except Exception as exc:  # a malformed EXIF block: Pillow raises many types
+        # Viewers then show the pixels as stored; so do we, and say so.
+        logger.warning("%s: unreadable EXIF block, orientation not applied: %s", path, exc)
+        return None
 
 
 def _pil_to_array(im: Image.Image) -> NDArray[np.generic]:
@@ -190,11 +425,16 @@ def _read_tiff(path: Path) -> NDArray[np.generic]:
             page = cast("tifffile.TiffPage", tif.pages[0])  # the first IFD is never a frame
             # Count from the tags: page.shape starts with the samples for planar (separate) files.
             width, height = int(page.imagewidth), int(page.imagelength)
-            if width * height > MAX_PIXELS:
-                raise ImageReadError(
-                    f"{path}: {width}x{height} pixels exceeds the limit of {MAX_PIXELS} "
-                    "pixels (possible decompression bomb)"
-                )
+            too_big = _too_many_pixels(path, width, height)
+            if too_big is not None:
+                raise too_big
+            if len(tif.pages) > 1:
+                # Reduced-resolution pages (thumbnails, pyramids) are no frames of their own.
+                frames = sum(not getattr(p, "is_reduced", False) for p in tif.pages)
+                if frames > 1:
+                    raise _multi_frame(path, "TIFF", frames)
+            tag = page.tags.get(274)  # Orientation
+            orientation = int(tag.value) if tag is not None else 1
             array = page.asarray()
             photometric = getattr(page.photometric, "name", str(page.photometric))
             planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
@@ -209,7 +449,7 @@ def _read_tiff(path: Path) -> NDArray[np.generic]:
         # Inverted grayscale: white is 0. Flip so that bright = dense, like every other file.
         info_max = np.iinfo(array.dtype).max if array.dtype.kind in "ui" else 1.0
         array = info_max - array
-    return array
+    return _orient(array, orientation)
 
 
 def _read_dicom(path: Path, *, preamble: bool = True) -> NDArray[np.generic]:
@@ -237,15 +477,10 @@ def _read_dicom(path: Path, *, preamble: bool = True) -> NDArray[np.generic]:
     except (TypeError, ValueError) as exc:
         raise ImageReadError(f"{path}: DICOM image size elements are malformed: {exc}") from exc
     if frames > 1:
-        raise ImageReadError(
-            f"{path}: multi-frame DICOM ({frames} frames) is not supported; expected one "
-            "image per file (export the frame to audit as its own file)"
-        )
-    if rows * columns > MAX_PIXELS:
-        raise ImageReadError(
-            f"{path}: {columns}x{rows} pixels exceeds the limit of {MAX_PIXELS} pixels "
-            "(possible decompression bomb)"
-        )
+        raise _multi_frame(path, "DICOM", frames)
+    too_big = _too_many_pixels(path, columns, rows)
+    if too_big is not None:
+        raise too_big
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in _DICOM_GRAY + _DICOM_COLOUR:
         raise ImageReadError(

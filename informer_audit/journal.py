@@ -231,7 +231,7 @@ class FlagJournal:
         restart = "pass --restart to discard it and start over"
         try:
             header = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # bad UTF-8/JSON, deep nesting
             header = None
         if not isinstance(header, dict) or header.get("format") != JOURNAL_FORMAT:
             raise ResumeError(
@@ -262,7 +262,7 @@ class FlagJournal:
         """A valid record, or ``None``."""
         try:
             record = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # bad UTF-8/JSON, deep nesting
             return None
         if not isinstance(record, dict) or set(record) != _RECORD_KEYS:
             return None

@@ -163,7 +163,7 @@ class MapStore:
             )
         try:
             doc = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise MapStoreError(f"{manifest}: cannot read the maps manifest: {exc}") from exc
         if not isinstance(doc, dict) or doc.get("format") != MAPS_FORMAT:
             raise MapStoreError(f'{manifest}: expected "format": "{MAPS_FORMAT}"')

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,31 @@ MAX_MODEL_BYTES = 4 * 1024**3
 """Models (with their external data) larger than this are refused before loading."""
 
 _PROB_EPS = 1e-12
+
+_INPUT_DTYPES: dict[str, type[np.floating[Any]]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+}
+"""Image input element types ONNX Runtime accepts here, and the numpy type fed to each."""
+
+_OUTPUT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
+"""Output element types read as class scores (float logits or probabilities)."""
+
+FLOAT_EPS: dict[str, float] = {
+    "float64": 2.0**-52,
+    "float32": 2.0**-23,
+    "float16": 2.0**-10,
+    "bfloat16": 2.0**-7,
+}
+"""Machine epsilon (spacing of numbers just above 1) of the floating-point types a graph uses."""
+
+_TYPE_NAMES = {
+    "tensor(double)": "float64",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(bfloat16)": "bfloat16",
+}
 
 
 @dataclass(frozen=True)
@@ -170,7 +195,7 @@ def _read_card_file(path: Path) -> dict[str, Any]:
                 data = json.load(fh)
     except OSError as exc:
         raise ModelSpecError(f"{path}: cannot read the model card: {exc}") from exc
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, JSON or TOML; deep nesting
         raise ModelSpecError(
             f"{path}: cannot parse the model card (expected JSON, or TOML for .toml files): {exc}"
         ) from exc
@@ -207,7 +232,7 @@ def resolve_card(
     if CARD_METADATA_KEY in metadata:
         try:
             meta_card = json.loads(metadata[CARD_METADATA_KEY])
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ModelSpecError(
                 f"{source}: metadata_props[{CARD_METADATA_KEY!r}] is not valid JSON: {exc}"
             ) from exc
@@ -255,6 +280,66 @@ class TensorInfo:
     type: str
     shape: tuple[int | str | None, ...]
 
+    @property
+    def precision(self) -> str | None:
+        """``"float16"``, ``"bfloat16"``, ``"float32"`` or ``"float64"``; ``None`` otherwise."""
+        return _TYPE_NAMES.get(self.type)
+
+
+def _graphs(graph: Any) -> Iterator[Any]:
+    """The graph and, recursively, its subgraphs (If/Loop/Scan bodies)."""
+    import onnx
+
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _graphs(sub)
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every stored tensor (initializers, sparse ones, tensor attributes), subgraphs too."""
+    import onnx
+
+    for g in _graphs(graph):
+        yield from g.initializer
+        for sparse in g.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    yield from attr.tensors
+
+
+def _reduced_precision_nodes(graph: Any) -> dict[str, int]:
+    """Counts of float16/bfloat16 Cast targets and weights in a graph and its subgraphs.
+
+    Returns
+    -------
+    dict
+        ``{"Cast to float16": n, "float16 weights": m, ...}``, only the non-zero counts.
+    """
+    import onnx
+
+    reduced = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+    counts: dict[str, int] = {}
+    for tensor in _tensors(graph):
+        if tensor.data_type in reduced:
+            key = f"{reduced[tensor.data_type]} weights"
+            counts[key] = counts.get(key, 0) + 1
+    for g in _graphs(graph):
+        for node in g.node:
+            for attr in node.attribute:
+                if node.op_type == "Cast" and attr.name == "to" and attr.i in reduced:
+                    key = f"Cast to {reduced[attr.i]}"
+                    counts[key] = counts.get(key, 0) + 1
+    return counts
+
 
 def _external_data_files(model_path: Path, graph: Any) -> list[Path]:
     """External data files the model references, checked to stay inside the model's folder."""
@@ -262,25 +347,7 @@ def _external_data_files(model_path: Path, graph: Any) -> list[Path]:
 
     folder = model_path.parent.resolve()
     files: set[Path] = set()
-    tensors: list[Any] = []
-
-    def collect(g: Any) -> None:  # subgraphs (If/Loop/Scan bodies) can hold weights too
-        tensors.extend(g.initializer)
-        for sparse in g.sparse_initializer:
-            tensors.extend([sparse.values, sparse.indices])
-        for node in g.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    tensors.append(attr.t)
-                elif attr.type == onnx.AttributeProto.TENSORS:
-                    tensors.extend(attr.tensors)
-                elif attr.type == onnx.AttributeProto.GRAPH:
-                    collect(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        collect(sub)
-
-    collect(graph)
+    tensors = list(_tensors(graph))
     for tensor in tensors:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -324,6 +391,12 @@ class OnnxClassifier:
     sha256 : str
         Fingerprint of the model file (and its external data files).
     input, output : TensorInfo
+    reduced_precision : tuple of str
+        Where the model computes in float16 or bfloat16: its input, its output, Cast nodes to
+        those types or weights stored in them (empty for a float32/float64 model). Adapters
+        whose accuracy depends on resolving small differences (finite differences) read it.
+    precision_eps : float
+        Machine epsilon of the least precise of those types (float32's, 1.2e-7, when none).
     fixed_batch : int or None
         The batch size the graph requires, or ``None`` for a dynamic batch axis.
     device : str
@@ -373,6 +446,8 @@ class OnnxClassifier:
         self.metadata: dict[str, str] = {p.key: p.value for p in proto.metadata_props}
         self.opsets = {imp.domain or "ai.onnx": imp.version for imp in proto.opset_import}
         self.producer = f"{proto.producer_name} {proto.producer_version}".strip()
+        self.files: list[Path] = [self.path, *external]
+        """The model file and its external data files (inputs no output may overwrite)."""
         self.sha256 = file_sha256([self.path, *external])
         self.card, self.card_source = resolve_card(
             self.metadata,
@@ -382,13 +457,25 @@ class OnnxClassifier:
             fallback=fallback_card,
             fallback_source=fallback_source,
         )
+        inner = _reduced_precision_nodes(proto.graph)
         del proto
         self._session, self.device, self.device_note = _make_session(self.path, device, threads)
         self.providers: list[str] = list(self._session.get_providers())
         self.input, self.output = self._check_io()
+        self.reduced_precision: tuple[str, ...] = tuple(
+            [
+                f"{kind} {t.name!r} is {t.type}"
+                for kind, t in (("input", self.input), ("output", self.output))
+                if t.precision in ("float16", "bfloat16")
+            ]
+            + [f"{n} {what} inside the graph" for what, n in sorted(inner.items())]
+        )
+        types = {t.precision or "float32" for t in (self.input, self.output)}
+        types |= {word for what in inner for word in what.split() if word in FLOAT_EPS}
+        self.precision_eps = max(FLOAT_EPS[t] for t in types)
         batch = self.input.shape[0]
         self.fixed_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
-        self._np_dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
+        self._np_dtype = _INPUT_DTYPES[self.input.type]
         self.n_forward = 0
         c = self.card.channels
         self._mean = np.asarray(self.card.mean, dtype=np.float32).reshape(1, 1, c)
@@ -405,9 +492,10 @@ class OnnxClassifier:
                 f"{[(i.name, i.shape) for i in inputs]}"
             )
         inp = inputs[0]
-        if inp.type not in ("tensor(float)", "tensor(float16)"):
+        if inp.type not in _INPUT_DTYPES:
             raise ModelSpecError(
-                f"{where}: input {inp.name!r} has type {inp.type}; expected a float image tensor"
+                f"{where}: input {inp.name!r} has type {inp.type}; expected a float image tensor "
+                f"({', '.join(_INPUT_DTYPES)})"
             )
         if len(inp.shape) != 4:
             raise ModelSpecError(
@@ -428,10 +516,26 @@ class OnnxClassifier:
             raise ModelSpecError(f"{where}: the model has no outputs")
         k = len(card.class_names)
         out = outputs[0]
+        # scikit-learn classifiers converted by skl2onnx end in a ZipMap: one {class: prob}
+        # dictionary per image, which ONNX Runtime returns as a Python list, not a tensor.
+        maps = [o for o in outputs if o.type.startswith(("seq(map(", "map("))]
+        fits = [
+            o
+            for o in outputs
+            if o.type.startswith("tensor(") and len(o.shape) == 2 and o.shape[1] == k
+        ]
+        if maps and len(fits) != 1:
+            zipmap = maps[0]
+            raise ModelSpecError(
+                f"{where}: output {zipmap.name!r} has type {zipmap.type}: a sequence of "
+                "{class: probability} dictionaries (a ZipMap, as skl2onnx writes for scikit-learn "
+                f"classifiers), not a (batch, {k}) tensor of scores. Export without the ZipMap: "
+                "skl2onnx.to_onnx(clf, X, options={id(clf): {'zipmap': False}}) (or "
+                "options={'zipmap': False}) gives a float tensor of probabilities"
+            )
         if len(outputs) > 1:
             # Several outputs (e.g. logits and features): take the one of shape (batch, K) only
             # when exactly one fits; anything else would be a guess.
-            fits = [o for o in outputs if len(o.shape) == 2 and o.shape[1] == k]
             if len(fits) != 1:
                 raise ModelSpecError(
                     f"{where}: the model has {len(outputs)} outputs "
@@ -439,6 +543,12 @@ class OnnxClassifier:
                     f"(batch, {k}) holding the class scores"
                 )
             out = fits[0]
+        if out.type not in _OUTPUT_TYPES:
+            raise ModelSpecError(
+                f"{where}: output {out.name!r} has type {out.type}; expected float logits or "
+                f"probabilities ({', '.join(_OUTPUT_TYPES)}), one score per class (a model that "
+                "outputs class labels or decisions cannot be audited: export its scores)"
+            )
         if len(out.shape) != 2:
             raise ModelSpecError(
                 f"{where}: output {out.name!r} has shape {list(out.shape)}; expected "
@@ -487,6 +597,13 @@ class OnnxClassifier:
         ndarray, shape (N, K), float64
             Logits; a model that outputs probabilities is mapped back with ``logit(p)``
             (probabilities clipped to [1e-12, 1 - 1e-12]).
+
+        Raises
+        ------
+        ModelSpecError
+            When the card says ``probabilities`` but the model returns values outside [0, 1]
+            (beyond rounding): the card contradicts the model, and clipping would silently turn
+            logits into 0 and 1.
         """
         n = x.shape[0]
         if self.card.layout == "NHWC":
@@ -507,9 +624,26 @@ class OnnxClassifier:
         self.n_forward += n
         out = out.astype(np.float64)
         if self.card.output == "probabilities":
+            self._check_probabilities(out)
             p = np.clip(out, _PROB_EPS, 1.0 - _PROB_EPS)
             out = np.log(p) - np.log1p(-p)
         return out
+
+    def _check_probabilities(self, out: NDArray[np.float64]) -> None:
+        finite = out[np.isfinite(out)]  # NaN/Inf are the caller's per-image failure, not this
+        if not finite.size:
+            return
+        # Rounding may put a probability a hair outside [0, 1]; allow one unit of the output
+        # type's precision (and never less than 1e-6).
+        tol = max(1e-6, FLOAT_EPS.get(self.output.precision or "float32", 0.0))
+        lo, hi = float(finite.min()), float(finite.max())
+        if lo < -tol or hi > 1.0 + tol:
+            raise ModelSpecError(
+                f"{self.path}: the model card ({self.card_source}) says output "
+                f"{self.output.name!r} holds probabilities, but the model returned values in "
+                f"[{lo:.4g}, {hi:.4g}]: these look like logits; set output_kind to 'logits' "
+                '(--output-kind logits, or "output": "logits" in the model card)'
+            )
 
     def _run(self, x: NDArray[Any]) -> NDArray[Any]:
         result = self._session.run([self.output.name], {self.input.name: x})[0]
@@ -535,6 +669,7 @@ class OnnxClassifier:
                 "shape": self.output.shape,
             },
             "batch": "dynamic" if self.fixed_batch is None else f"fixed {self.fixed_batch}",
+            "precision": {"eps": self.precision_eps, "reduced": list(self.reduced_precision)},
             "card": self.card.to_dict(),
             "card_source": self.card_source,
             "providers": self.providers,
@@ -555,7 +690,7 @@ def _provenance(metadata: Mapping[str, str]) -> Any:
         return None
     try:
         return json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return raw
 
 

@@ -40,9 +40,10 @@ from .errors import (
     LabelFormatError,
     ModelSpecError,
     MonitorMismatchError,
+    OutputWriteError,
     SaliencyError,
 )
-from .images import IMAGE_SUFFIXES, find_images, load_image
+from .images import IMAGE_SUFFIXES, load_image, scan_folder
 from .journal import FlagJournal, fsync_folder, journal_path
 from .labels import LabelSet
 from .mapstore import MapStore
@@ -120,6 +121,12 @@ def sigmoid(z: NDArray[np.floating]) -> NDArray[np.float64]:
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+_OPPOSITE_TOL = 1e-3
+"""Cosine distances within this of 2 count as opposite maps: float32 rounding of a softmax
+leaves d_12 about 5e-7 short of 2 on the test model (more for saturated probabilities), and
+the flag thresholds' grid step (METHOD.md section 4) is 0.001, so such d is constant for it."""
+
+
 class Auditor:
     """Streams images through one model and one saliency adapter (or one baseline score).
 
@@ -172,13 +179,15 @@ class Auditor:
                 f"audited classes {self.classes} must be distinct model classes; the model "
                 f"({model.path}) has {names}"
             )
-        if len(self.classes) < 2:
-            raise LabelFormatError(
-                f"class distinctiveness compares maps between classes: audit at least 2 classes, "
-                f"got {self.classes}"
-            )
         if method not in METHODS:
             raise EvaluationError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+        if method == "informer" and len(self.classes) < 2:
+            # Entropy, MSP and TTA score each class alone; only INFORMER compares classes.
+            raise LabelFormatError(
+                "INFORMER's class distinctiveness compares the saliency maps of different "
+                f"classes: audit at least 2 classes with it, got {self.classes}; the baselines "
+                "(--method entropy, msp or tta) score each class alone and work with one"
+            )
         if method == "informer" and adapter is None:
             raise SaliencyError("the informer method needs a saliency adapter")
         if method != "informer" and adapter is not None:
@@ -202,6 +211,9 @@ class Auditor:
                 f"tta_batch_size must be a positive integer, got {tta_batch_size!r}"
             )
         self.tta_batch_size = tta_batch_size
+        if adapter is not None:
+            adapter.check(model)  # refuse or warn about settings this model makes meaningless
+        self._pair_checked = False
         self.index = np.array([names.index(c) for c in self.classes])
         self.images_per_chunk = max(1, int(images_per_chunk))
         self.keep_maps = keep_maps
@@ -380,6 +392,7 @@ class Auditor:
         maps = maps[:, self.index]
         dist = cosine_distance_matrix(maps)
         d = distinctiveness(dist)
+        self._check_pair(dist, np.asarray(np.isfinite(maps).reshape(len(maps), -1).all(axis=1)))
         for row, i in enumerate(keep):
             r = loaded[i][0]
             if not np.isfinite(maps[row]).all():
@@ -390,6 +403,27 @@ class Auditor:
             r.score = r.d
             if self.keep_maps:
                 r.maps = maps[row]
+
+    def _check_pair(self, dist: NDArray[np.float64], finite: NDArray[np.bool_]) -> None:
+        """Refuse two classes whose maps are opposites (checked once, on the first images).
+
+        A 2-class softmax (p_2 = 1 - p_1, so logit p_2 = -logit p_1) gives S_2 = -S_1 for any
+        saliency method that is linear in the score: d_12 = 2 on every image, and no threshold
+        can flag anything.
+        """
+        if self._pair_checked or len(self.classes) != 2 or not finite.any():
+            return
+        self._pair_checked = True
+        pair = dist[finite, 0, 1]
+        if np.all(pair >= 2.0 - _OPPOSITE_TOL):
+            raise SaliencyError(
+                f"{self.model.path}: the class maps of {self.classes[0]!r} and "
+                f"{self.classes[1]!r} are opposites of each other (cosine distance at least "
+                f"{float(pair.min()):.6f} on all {pair.size} first images): the outputs are a "
+                "2-class softmax (p_2 = 1 - p_1), so d = 2 on every image and INFORMER cannot "
+                "flag anything. Audit such a model with --method entropy, msp or tta, or give "
+                "it independent (sigmoid) outputs"
+            )
 
     def _score_baseline(
         self,
@@ -483,8 +517,16 @@ class FlagSummary:
     flagged: NDArray[np.int64] | None = None
     audited: NDArray[np.int64] | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """Files under the folder that were not audited, with the reason (``(path, reason)``, as
+    :func:`~.images.scan_folder` lists them: not an image, hidden, a broken symlink, ...).
+    They have no CSV row and do not change the exit code: every other file has a row."""
     n_resumed: int = 0
-    """Images whose rows came from the journal of an interrupted run (not scored again)."""
+    """Images whose rows came from the journal of an earlier, interrupted run (not scored
+    again)."""
+    n_duplicates: int = 0
+    """Images with the same bytes as an earlier file of this folder in this run: their row is
+    that file's (not scored twice)."""
 
     def __post_init__(self) -> None:
         k = len(self.classes)
@@ -498,7 +540,11 @@ class FlagSummary:
 
     @property
     def return_code(self) -> int:
-        """0: every image audited; 1: the run finished but some files failed."""
+        """0: every image audited; 1: the run finished but some files failed.
+
+        Skipped files (:attr:`skipped`: not images, hidden, ...) do not count: they are
+        listed, not failed. An image file that cannot be read is a failure.
+        """
         return 1 if self.n_failed else 0
 
 
@@ -571,6 +617,17 @@ def flag_folder(
     uninterrupted one, and there is never a half-written ``out_csv``. A journal of a run with
     other settings is refused (:class:`~.errors.ResumeError`) unless ``restart`` discards it.
 
+    The folder is listed by :func:`~.images.scan_folder`: every file under it gets a CSV row
+    (scored or failed) or is in :attr:`FlagSummary.skipped` with its reason (not an image,
+    hidden, a broken symlink, ...).
+
+    Files are identified by their bytes: a file with the same bytes as an earlier file of the
+    folder is not scored again but gets that file's row (counted in
+    :attr:`FlagSummary.n_duplicates`; rows from an earlier run's journal are counted in
+    :attr:`FlagSummary.n_resumed`). Should that earlier file fail, the duplicate is scored
+    itself. When the CSV cannot be written at the end, :class:`~.errors.OutputWriteError` says
+    so; the finished rows stay in the journal, and a rerun writes the CSV without scoring.
+
     The score columns are ``d_C`` for INFORMER and ``<method>_C`` for a baseline
     (``entropy_C``, ``tta_C``, ``msp_C``). With ``maps_dir``
     (INFORMER, an auditor with ``keep_maps=True``), each scored image's class maps are saved
@@ -587,16 +644,22 @@ def flag_folder(
         )
     check_binding(binding, auditor.binding(), source=monitor_source)
     store = _map_store(auditor, maps_dir)
-    paths = find_images(images_dir)
+    scan = scan_folder(images_dir)
+    paths = scan.images
     if not paths:
         raise ImageReadError(
             f"{images_dir}: no images found (looked recursively for "
-            f"{', '.join(sorted(IMAGE_SUFFIXES))} and DICOM files without a suffix)"
+            f"{', '.join(sorted(IMAGE_SUFFIXES))} files and any file whose content is an "
+            f"image, DICOM included; {len(scan.skipped)} file(s) skipped"
+            + "".join(f"; {printable(str(p))}: {why}" for p, why in scan.skipped[:5])
+            + ("; ..." if len(scan.skipped) > 5 else "")
+            + ")"
         )
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     columns = flag_columns(auditor.classes, with_matrix, auditor.score_name)
     summary = FlagSummary(list(auditor.classes))
+    summary.skipped = [(printable(str(p)), printable(why)) for p, why in scan.skipped]
     with FlagJournal(
         journal_path(out_csv),
         _journal_settings(auditor, monitor, columns),
@@ -609,36 +672,64 @@ def flag_folder(
         hashes: list[str | None] = [None] * len(paths)  # SHA-256 of each file's bytes
         failed: dict[int, str] = {}  # index in paths -> why the image failed
         sent: deque[int] = deque()  # indices handed to the auditor, in order
+        first: dict[str, int] = {}  # bytes (SHA-256) -> the first file of this run with them
+        copies: dict[int, int] = {}  # index of a duplicate -> index of the file it copies
 
-        def to_score() -> Iterator[tuple[str, Path]]:
-            for i, path in enumerate(paths):
+        def to_score(indices: Iterable[int]) -> Iterator[tuple[str, Path]]:
+            for i in indices:
+                path = paths[i]
                 key = printable(str(path))
-                try:
-                    hashes[i] = content_sha256(path)
-                except OSError as exc:
-                    failed[i] = f"{key}: cannot read the file ({exc.strerror or exc})"
-                    if on_result is not None:
-                        on_result(ImageResult(key, path, error=failed[i]))
-                    continue
-                if hashes[i] in journal:
-                    summary.n_resumed += 1
-                    if on_reused is not None:
-                        on_reused(key)
-                    continue
+                if hashes[i] is None:
+                    try:
+                        hashes[i] = content_sha256(path)
+                    except OSError as exc:
+                        failed[i] = f"{key}: cannot read the file ({exc.strerror or exc})"
+                        if on_result is not None:
+                            on_result(ImageResult(key, path, error=failed[i]))
+                        continue
+                    sha = str(hashes[i])
+                    if sha in first:  # same bytes as an earlier file of this folder
+                        copies[i] = first[sha]
+                        if on_reused is not None:
+                            on_reused(key)
+                        continue
+                    first[sha] = i
+                    # Not seen before in this run: a journal row is an earlier run's.
+                    if sha in journal:
+                        summary.n_resumed += 1
+                        if on_reused is not None:
+                            on_reused(key)
+                        continue
                 sent.append(i)
                 yield key, path
 
-        for result in auditor.run(to_score(), on_result):
-            i = sent.popleft()
-            if store is not None:
-                _save_maps(store, result)
-            sha = hashes[i]
-            if result.ok and sha is not None:
-                journal.append(sha, result.key, _flag_cells(result, monitor, with_matrix))
-            else:
-                failed[i] = printable(str(result.error))
+        def score(indices: Iterable[int]) -> None:
+            for result in auditor.run(to_score(indices), on_result):
+                i = sent.popleft()
+                if store is not None:
+                    _save_maps(store, result)
+                sha = hashes[i]
+                if result.ok and sha is not None:
+                    journal.append(sha, result.key, _flag_cells(result, monitor, with_matrix))
+                else:
+                    failed[i] = printable(str(result.error))
+
+        score(range(len(paths)))
+        # A duplicate of a file that failed is scored itself (the failure may be its own).
+        retry = [i for i, j in copies.items() if j in failed]
+        score(retry)
+        summary.n_duplicates = len(copies) - len(retry)
         journal.sync()
-        _write_flags_csv(out_csv, columns, paths, hashes, failed, journal, summary)
+        try:
+            _write_flags_csv(out_csv, columns, paths, hashes, failed, journal, summary)
+        except OSError as exc:
+            raise OutputWriteError(
+                f"cannot write the flags CSV {os.fspath(out_csv)!r}: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename else "")
+                + f"; its {len(journal)} finished row(s) are kept in "
+                f"{os.fspath(journal.path)!r}: rerun the same command to write it without "
+                "scoring them again"
+            ) from exc
         journal.remove()
     return summary
 

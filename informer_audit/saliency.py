@@ -70,6 +70,15 @@ class SaliencyAdapter(ABC):
             One map per image and model output; the trailing shape is the adapter's.
         """
 
+    def check(self, model: OnnxClassifier) -> None:  # noqa: B027  (optional hook, no-op)
+        """Refuse or warn about settings that this model makes meaningless, before any image.
+
+        Called once by the auditor. Raise :class:`~.errors.SaliencyError` when the maps could
+        not carry class distinctiveness at all (e.g. a single patch); warn with
+        :class:`~.errors.MeaninglessSettingWarning` when they would be poorly determined. The
+        default accepts everything.
+        """
+
     def params(self) -> dict[str, Any]:
         """All settings, JSON-ready."""
         return dict(self._params)

@@ -702,7 +702,7 @@ MONITOR_CASES = [
     MonitorCase(
         "threshold-edited-to-nan",
         lambda t: t.replace('"flag_threshold": ', '"flag_threshold": NaN, "x": ', 1),
-        "thresholds must be finite",
+        "monitor.classes[0].flag_threshold: found NaN (number), expected a finite number",
     ),
     MonitorCase(
         "key-renamed",

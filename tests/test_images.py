@@ -17,7 +17,14 @@ from PIL import Image
 
 from informer_audit import images
 from informer_audit.errors import ImageReadError, InformerAuditError
-from informer_audit.images import IMAGE_SUFFIXES, find_images, load_image, resize, to_channels
+from informer_audit.images import (
+    IMAGE_SUFFIXES,
+    find_images,
+    load_image,
+    resize,
+    scan_folder,
+    to_channels,
+)
 
 S16 = 255.0 / 65535.0  # the documented 16-bit -> 8-bit scale
 
@@ -129,7 +136,6 @@ GOOD = [
     Good("gray16.png", save_pil(GRAY16), hwc(scaled16(GRAY16)), 1e-4),
     Good("gray16.tif", save_tiff(GRAY16), hwc(scaled16(GRAY16)), 1e-4),
     Good("gray16_big_endian.tif", save_tiff(GRAY16.astype(">u2")), hwc(scaled16(GRAY16)), 1e-4),
-    Good("multipage.tif", save_multipage_tiff, hwc(scaled16(GRAY16)), 1e-4),  # first page only
     # 16-bit RGB TIFF: three distinct channels, each scaled.
     Good("rgb16.tif", save_tiff(RGB16, photometric="rgb"), scaled16(RGB16), 1e-4),
     Good(
@@ -281,6 +287,8 @@ BAD = [
     Bad("uint32_big.tif", save_tiff(GRAY16.astype(np.uint32) + 70000), "[0, 65535]"),
     Bad("int16_negative.tif", save_tiff(GRAY8.astype(np.int16) - 10), "[0, 65535]"),
     Bad("complex.tif", save_tiff(FLOAT01.astype(np.complex64)), "unsupported pixel type"),
+    # Several frames are refused in every format (was: a TIFF's first page, silently).
+    Bad("multipage.tif", save_multipage_tiff, "multi-frame TIFF (2 frames) is not supported"),
 ]
 
 
@@ -382,31 +390,37 @@ def test_find_images_recursive_sorted_filtered(tmp_path: Path) -> None:
     ]
     for name in names:
         touch_image(root / name)
-    ignored = [
-        ".hidden.png",  # hidden file
-        ".hidden_dir/x.png",  # inside a hidden folder
-        "a/.also_hidden.jpg",
-        "notes.txt",  # not an image suffix
-        "scan.nii",  # a suffix of no supported format (PNG inside, no DICOM marker)
-        "archive.png.gz",
-        "no_suffix",
-    ]
-    for name in ignored:
+    # Images by content whatever their names (PNG inside), as load_image reads them: the
+    # folder audit decides like calibrate (was: skipped, silently, for their suffix).
+    by_content = ["scan.nii", "archive.png.gz", "no_suffix"]
+    for name in by_content:
         touch_image(root / name)
+    hidden = [".hidden.png", ".hidden_dir/x.png", "a/.also_hidden.jpg"]
+    for name in hidden:
+        touch_image(root / name)
+    (root / "notes.txt").write_text("not an image\n")
     found = find_images(root)
     rel = [p.relative_to(root).as_posix() for p in found]
-    assert rel == sorted(names)  # sorted by relative path (posix, case-sensitive)
+    assert rel == sorted(names + by_content)  # sorted by relative path (posix, case-sensitive)
     assert rel == [
         "A_upper.PNG",
         "a.JPG",
         "a.png",
         "a/sub/deep.jpeg",
         "a/z.tif",
+        "archive.png.gz",
         "b.png",
         "c.bmp",
         "d.TIFF",
         "e.jpg",
+        "no_suffix",
+        "scan.nii",
     ]
+    skipped = {p.relative_to(root).as_posix(): why for p, why in scan_folder(root).skipped}
+    assert sorted(skipped) == sorted([*hidden, "notes.txt"])  # every other file, with why
+    assert skipped["notes.txt"].startswith("not an image")
+    assert skipped[".hidden_dir/x.png"].startswith("in a hidden folder")
+    assert skipped["a/.also_hidden.jpg"].startswith("hidden file")
     assert all(p.is_absolute() == root.is_absolute() and p.is_file() for p in found)
     assert find_images(str(root)) == found  # str accepted, same answer, deterministic
     for p in found:  # everything found loads
@@ -414,7 +428,9 @@ def test_find_images_recursive_sorted_filtered(tmp_path: Path) -> None:
 
 
 def test_find_images_suffixes() -> None:
-    assert IMAGE_SUFFIXES == {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+    assert IMAGE_SUFFIXES == {
+        *(".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
+    }
 
 
 def test_find_images_empty_folder(tmp_path: Path) -> None:

@@ -334,7 +334,10 @@ def test_baseline_monitor_report_has_no_maps(tmp_path):
         tmp_path / "f.csv", "--save-maps", tmp_path / "maps",
     )  # fmt: skip
     assert r.exit_code == 2 and "--save-maps needs saliency maps" in r.output
-    r = invoke("report", run["flags"], "--monitor", run["monitor"], "-o", out, "--maps", out)
+    (tmp_path / "maps").mkdir()  # not the report folder: an output never is an input folder
+    r = invoke(
+        "report", run["flags"], "--monitor", run["monitor"], "-o", out, "--maps", tmp_path / "maps"
+    )
     assert r.exit_code == 2 and "uses no saliency maps" in r.output
 
 
