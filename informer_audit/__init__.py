@@ -3,8 +3,8 @@
 Data flows one way: image files (:mod:`.images`) -> model scores (:mod:`.model`) -> class
 saliency maps (:mod:`.saliency` and the adapters in :mod:`informer_audit.adapters`) ->
 distinctiveness (:mod:`.distinctiveness`) -> monitor (:mod:`.monitor`, baselines in
-:mod:`.baselines`) -> audits (:mod:`.pipeline`, per-image score cache :mod:`.cache`) ->
-evaluation (:mod:`.evaluation` on arrays, :mod:`.evaluate` on image sets) -> CLI (:mod:`.cli`).
+:mod:`.baselines`) -> audits (:mod:`.audit`, per-image score cache :mod:`.cache`) ->
+evaluation (:mod:`.evaluation` on arrays, :mod:`.experiment` on image sets) -> CLI (:mod:`.cli`).
 Importing the package loads none of the heavy dependencies (ONNX Runtime, torch).
 """
 

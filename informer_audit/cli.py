@@ -644,8 +644,8 @@ def calibrate(**kw: Any) -> None:
     from .labels import parse_class_map, read_labels
     from .monitor import save_monitor
     from .paths import check_outputs, write_outputs
-    from .pipeline import Auditor, write_scores_csv
-    from .pipeline import calibrate as run_calibration
+    from .audit import Auditor, write_scores_csv
+    from .audit import calibrate as run_calibration
     from .saliency import get_adapter
 
     inputs: dict[str, Any] = {
@@ -861,7 +861,7 @@ def flag(**kw: Any) -> None:
     from .journal import journal_path
     from .monitor import load_monitor
     from .paths import check_outputs
-    from .pipeline import Auditor, binding_method, flag_folder, tta_params
+    from .audit import Auditor, binding_method, flag_folder, tta_params
     from .saliency import adapter_from_settings
 
     out: Path = kw["output"]
@@ -1272,7 +1272,7 @@ def evaluate_command(**kw: Any) -> None:
     ttests.csv, failure_metrics.csv (AUROC, AURC, AUGRC), bootstrap_boxplot.png,
     risk_coverage.png, report.md, and monitor_<method>.json files that flag can apply.
     """
-    from .evaluate import run_evaluation, write_evaluation
+    from .experiment import run_evaluation, write_evaluation
     from .labels import parse_class_map, read_labels
     from .paths import check_outputs, write_outputs
     from .saliency import get_adapter

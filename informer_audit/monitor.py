@@ -815,7 +815,7 @@ _SHA256_HEX = frozenset("0123456789abcdef")
 
 
 def _check_binding_fields(chk: _Schema, binding: dict[str, Any], monitor: FlagMonitor) -> None:
-    """The binding's fields have the types :meth:`.pipeline.Auditor.binding` writes."""
+    """The binding's fields have the types :meth:`.audit.Auditor.binding` writes."""
     sha = binding["model_sha256"]
     if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256_HEX):
         chk.fail("binding.model_sha256", sha, "a SHA-256 digest: 64 lowercase hex digits")

@@ -58,7 +58,7 @@ from .mapstore import MapStore
 from .model import OnnxClassifier
 from .monitor import FlagMonitor, atomic_write_bytes, atomic_write_text, check_binding, load_monitor
 from .paths import safe_child
-from .pipeline import Auditor, ImageResult, matrix_columns
+from .audit import Auditor, ImageResult, matrix_columns
 from .saliency import adapter_from_settings
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_images
-from informer_audit import pipeline
+from informer_audit import audit as pipeline
 from informer_audit.cli import cli
 from informer_audit.errors import ResumeError
 from informer_audit.journal import JOURNAL_FORMAT, FlagJournal, journal_path
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
 N_AUDIT = 40
 DRIVER = """
 import os, sys, time
-from informer_audit import pipeline
+from informer_audit import audit as pipeline
 
 _load = pipeline.load_image
 

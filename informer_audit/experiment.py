@@ -9,7 +9,7 @@ calibration set and a labelled test set it scores every image with
   ``informer_fd``, ``informer_lime``);
 * test-time augmentation (``tta``), when asked;
 
-each through an :class:`~.pipeline.Auditor` sharing one :class:`~.cache.ScoreCache`, so that
+each through an :class:`~.audit.Auditor` sharing one :class:`~.cache.ScoreCache`, so that
 evaluating several methods, or running again, never recomputes a saliency map or a TTA spread
 that is already stored. An image that fails with any method (unreadable file, non-finite
 scores) is left out of every method, so that all rows describe the same images; it is recorded
@@ -39,7 +39,7 @@ from .labels import LabelSet
 from .model import OnnxClassifier
 from .monitor import save_monitor
 from .paths import safe_child
-from .pipeline import Auditor, ImageResult
+from .audit import Auditor, ImageResult
 from .saliency import SaliencyAdapter
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class EvaluationRun:
     evaluation : Evaluation
         Tables, monitors, bootstrap and failure-detection metrics.
     bindings : dict of str to dict
-        Per method row: what its monitor is valid for (:meth:`~.pipeline.Auditor.binding`).
+        Per method row: what its monitor is valid for (:meth:`~.audit.Auditor.binding`).
     settings : dict of str to dict
         Per method row: the settings that change its score (saliency adapter or TTA settings).
     labels : dict of str to LabelSet
@@ -160,7 +160,7 @@ def run_evaluation(
         INFORMER's saliency adapters by row label (``{"fd": ...}`` gives ``informer_fd``);
         needed exactly when ``methods`` holds ``informer``.
     tta : mapping, optional
-        TTA settings (:data:`~.pipeline.TTA_PARAMS`; default: 10 copies, seed 0).
+        TTA settings (:data:`~.audit.TTA_PARAMS`; default: 10 copies, seed 0).
     tta_batch_size : int
         Augmented copies per model run (does not change results).
     cache : ScoreCache, optional

@@ -15,7 +15,7 @@ from informer_audit.adapters.fd import FiniteDifferenceIxG
 from informer_audit.distinctiveness import cosine_distance_matrix, distinctiveness
 from informer_audit.errors import LabelFormatError
 from informer_audit.model import OnnxClassifier
-from informer_audit.pipeline import Auditor, sigmoid
+from informer_audit.audit import Auditor, sigmoid
 
 
 def nan_for_dark_images_model(path, size=16):
