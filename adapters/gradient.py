@@ -20,14 +20,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from informer_audit.errors import SaliencyError
+from informer_audit.numerics import PROB_EPS
 from informer_audit.saliency import ProgressCallback, SaliencyAdapter, register_adapter
 
 from .onnx_torch import convert_onnx, import_torch
 
 if TYPE_CHECKING:
     from informer_audit.model import OnnxClassifier
-
-_PROB_EPS = 1e-12  # as OnnxClassifier.logits clips probabilities before logit()
 
 
 @register_adapter
@@ -171,7 +170,7 @@ class ExactGradientIxG(SaliencyAdapter):
             )
         out = out.float()
         if model.card.output == "probabilities":
-            p = out.clamp(_PROB_EPS, 1.0 - _PROB_EPS)
+            p = out.clamp(PROB_EPS, 1.0 - PROB_EPS)
             out = torch.log(p) - torch.log1p(-p)
         return out
 

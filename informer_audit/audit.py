@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from . import __version__
 from .baselines import METHODS, make_monitor, probability_score, tta_settings, tta_spread
-from .cache import ScoreCache, content_sha256, key_document
+from .cache import ScoreCache, key_document
 from .distinctiveness import cosine_distance_matrix, distinctiveness
 from .errors import (
     EvaluationError,
@@ -43,12 +43,14 @@ from .errors import (
     OutputWriteError,
     SaliencyError,
 )
+from .fileio import atomic_write_text, content_sha256, fsync_folder
 from .images import IMAGE_SUFFIXES, load_image, scan_folder
-from .journal import FlagJournal, fsync_folder, journal_path
+from .journal import FlagJournal, journal_path
 from .labels import LabelSet
 from .mapstore import MapStore
 from .model import OnnxClassifier
-from .monitor import FlagMonitor, atomic_write_text, check_binding
+from .monitor import FlagMonitor, check_binding
+from .numerics import sigmoid
 from .paths import printable
 from .saliency import SaliencyAdapter
 
@@ -112,13 +114,6 @@ class ImageResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def sigmoid(z: NDArray[np.floating]) -> NDArray[np.float64]:
-    """Numerically stable logistic function."""
-    z = np.asarray(z, dtype=np.float64)
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 _OPPOSITE_TOL = 1e-3

@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .fileio import content_sha256, plain_json
+
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
@@ -53,34 +55,6 @@ KINDS = ("informer", "tta", "probs")
 
 _KEY_ARRAY = "_key"
 _CHUNK = 1 << 20
-
-
-def content_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, hex.
-
-    Raises
-    ------
-    OSError
-        When the file cannot be read.
-    """
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def plain_json(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars and arrays to Python, tuples to lists."""
-    if isinstance(value, Mapping):
-        return {str(k): plain_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return plain_json(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def key_document(

@@ -641,11 +641,11 @@ def calibrate(**kw: Any) -> None:
     Paths in the labels CSV are resolved against --images; exactly the images the CSV lists
     (after the filters) are used.
     """
+    from .audit import Auditor, write_scores_csv
+    from .audit import calibrate as run_calibration
     from .labels import parse_class_map, read_labels
     from .monitor import save_monitor
     from .paths import check_outputs, write_outputs
-    from .audit import Auditor, write_scores_csv
-    from .audit import calibrate as run_calibration
     from .saliency import get_adapter
 
     inputs: dict[str, Any] = {
@@ -857,11 +857,11 @@ def flag(**kw: Any) -> None:
     The method, its settings (saliency or TTA) and, for a model without metadata, the model
     card come from the monitor; settings given here must match it.
     """
+    from .audit import Auditor, binding_method, flag_folder, tta_params
     from .errors import MonitorMismatchError
     from .journal import journal_path
     from .monitor import load_monitor
     from .paths import check_outputs
-    from .audit import Auditor, binding_method, flag_folder, tta_params
     from .saliency import adapter_from_settings
 
     out: Path = kw["output"]

@@ -43,7 +43,8 @@ from numpy.typing import NDArray
 from . import __version__
 from .baselines import make_monitor, method_spec
 from .errors import EvaluationError, ReportError
-from .monitor import DIRECTIONS, FlagMonitor, atomic_write_bytes, atomic_write_text, f1_from_counts
+from .fileio import atomic_write_bytes, atomic_write_text
+from .monitor import DIRECTIONS, FlagMonitor, f1_from_counts
 
 if TYPE_CHECKING:
     import pandas as pd

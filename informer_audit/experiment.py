@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .audit import Auditor, ImageResult
 from .baselines import METHODS, probability_score
 from .cache import ScoreCache
 from .errors import EvaluationError, LabelFormatError
@@ -39,7 +40,6 @@ from .labels import LabelSet
 from .model import OnnxClassifier
 from .monitor import save_monitor
 from .paths import safe_child
-from .audit import Auditor, ImageResult
 from .saliency import SaliencyAdapter
 
 logger = logging.getLogger(__name__)

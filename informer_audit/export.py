@@ -39,7 +39,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import CheckpointError, ExportError, ModelSpecError
+from .fileio import sha256_files, write_temp
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -406,9 +406,8 @@ def load_weights(
         raise CheckpointError(f"{path}: torch refused the weights: {exc}") from exc
     layout = ", ".join([where, *notes])
     logger.info("loaded %d tensors from %s (%s)", len(state_dict), path, layout)
-    from .model import file_sha256
 
-    return CheckpointInfo(path, file_sha256([path]), layout, len(state_dict))
+    return CheckpointInfo(path, sha256_files([path]), layout, len(state_dict))
 
 
 def _unpickler_detail(message: str) -> str:
@@ -570,7 +569,7 @@ def export_module(
         )
         data = proto.SerializeToString()
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _write_temp(output, data)
+        tmp = write_temp(output, data, suffix=".partial")
         try:
             diff = _verify(torch, module, tmp, card, device, n_verify, seed)
             logger.info("verified %s: max |torch - ORT| = %.3g", output, diff)
@@ -793,24 +792,6 @@ def _trace(torch: ModuleType, module: nn.Module, dummy: Tensor, opset: int) -> A
     except Exception as exc:  # protobuf DecodeError, onnx ValidationError
         raise ExportError(f"the exported graph is not a valid ONNX model: {exc}") from exc
     return proto
-
-
-def _write_temp(output: Path, data: bytes) -> Path:
-    """Write ``data`` to a new temporary file beside ``output`` (same filesystem: atomic rename)."""
-    fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
-    tmp = Path(name)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 def _verify(

@@ -35,7 +35,6 @@ runs with the same output refuse rather than interleave.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -46,8 +45,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .cache import plain_json as _plain
 from .errors import ResumeError
+from .fileio import canonical_json, fsync_folder, plain_json, sha256_json
 from .monitor import differences
 
 if sys.platform != "win32":
@@ -70,31 +69,9 @@ def journal_path(out_csv: str | Path) -> Path:
     return out.with_name(out.name + JOURNAL_SUFFIX)
 
 
-def canonical_json(doc: Any) -> str:
-    """Sorted keys, no whitespace, ASCII only, no NaN: one text per document."""
-    return json.dumps(
-        _plain(doc), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
-
-
 def settings_fingerprint(settings: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of :func:`canonical_json` of a run's settings."""
-    return hashlib.sha256(canonical_json(settings).encode("ascii")).hexdigest()
-
-
-def fsync_folder(folder: str | Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (a no-op where folders cannot be
-    opened, e.g. on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return sha256_json(settings)
 
 
 class FlagJournal:
@@ -142,7 +119,7 @@ class FlagJournal:
         sync_every: int = 8,
     ) -> None:
         self.path = Path(path)
-        self.settings = _plain(settings)
+        self.settings = plain_json(settings)
         self.fingerprint = settings_fingerprint(self.settings)
         self.n_cells = int(n_cells)
         self.sync_every = max(1, int(sync_every))

@@ -39,7 +39,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import MapStoreError, MonitorMismatchError
-from .monitor import atomic_write_text, check_binding
+from .fileio import atomic_write_text
+from .monitor import check_binding
 from .paths import printable, safe_child
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ batches in NCHW (the only layout downstream code sees) and get logits back as fl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -26,7 +25,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import DeviceUnavailableError, ModelSpecError
+from .fileio import sha256_files
 from .images import CanonicalImage, resize, to_channels
+from .numerics import logit
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ DEVICES = ("auto", "cpu", "cuda")
 MAX_MODEL_BYTES = 4 * 1024**3
 """Models (with their external data) larger than this are refused before loading."""
 
-_PROB_EPS = 1e-12
 
 _INPUT_DTYPES: dict[str, type[np.floating[Any]]] = {
     "tensor(float)": np.float32,
@@ -262,16 +262,6 @@ def resolve_card(
     return ModelCard.from_dict(merged, source=" + ".join(origins)), " + ".join(origins)
 
 
-def file_sha256(paths: Sequence[Path]) -> str:
-    """SHA-256 over the bytes of ``paths`` in the given order (the model and its external data)."""
-    digest = hashlib.sha256()
-    for p in paths:
-        with p.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     """Name, element type and shape (ints or symbolic names) of a graph input/output."""
@@ -448,7 +438,7 @@ class OnnxClassifier:
         self.producer = f"{proto.producer_name} {proto.producer_version}".strip()
         self.files: list[Path] = [self.path, *external]
         """The model file and its external data files (inputs no output may overwrite)."""
-        self.sha256 = file_sha256([self.path, *external])
+        self.sha256 = sha256_files([self.path, *external])
         self.card, self.card_source = resolve_card(
             self.metadata,
             card_file,
@@ -625,8 +615,7 @@ class OnnxClassifier:
         out = out.astype(np.float64)
         if self.card.output == "probabilities":
             self._check_probabilities(out)
-            p = np.clip(out, _PROB_EPS, 1.0 - _PROB_EPS)
-            out = np.log(p) - np.log1p(-p)
+            out = logit(out)
         return out
 
     def _check_probabilities(self, out: NDArray[np.float64]) -> None:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from numpy.typing import NDArray
 
 from . import __version__
 from .errors import MonitorFormatError, MonitorMismatchError, NotFittedError
+from .fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from .baselines import MethodSpec
@@ -911,29 +910,3 @@ def _diff(a: Any, b: Any, prefix: str) -> list[tuple[str, Any, Any]]:
     if isinstance(a, float | int) and isinstance(b, float | int):
         return [] if float(a) == float(b) else [(prefix, a, b)]
     return [] if a == b else [(prefix, a, b)]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and a rename.
-
-    A reader sees the old file or the whole new one, never a part.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))

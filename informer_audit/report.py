@@ -44,7 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import __version__
-from .cache import content_sha256
+from .audit import Auditor, ImageResult, matrix_columns
 from .errors import (
     FlagsFormatError,
     ImageReadError,
@@ -52,13 +52,13 @@ from .errors import (
     ReportError,
 )
 from .evaluation import SwapMetrics, swap_metrics
+from .fileio import atomic_write_bytes, atomic_write_text, content_sha256
 from .images import load_image, resize, to_channels
 from .labels import LabelSet
 from .mapstore import MapStore
 from .model import OnnxClassifier
-from .monitor import FlagMonitor, atomic_write_bytes, atomic_write_text, check_binding, load_monitor
+from .monitor import FlagMonitor, check_binding, load_monitor
 from .paths import safe_child
-from .audit import Auditor, ImageResult, matrix_columns
 from .saliency import adapter_from_settings
 
 logger = logging.getLogger(__name__)

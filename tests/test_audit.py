@@ -12,10 +12,11 @@ from PIL import Image
 
 from conftest import card_dict, write_images
 from informer_audit.adapters.fd import FiniteDifferenceIxG
+from informer_audit.audit import Auditor
 from informer_audit.distinctiveness import cosine_distance_matrix, distinctiveness
 from informer_audit.errors import LabelFormatError
 from informer_audit.model import OnnxClassifier
-from informer_audit.audit import Auditor, sigmoid
+from informer_audit.numerics import sigmoid
 
 
 def nan_for_dark_images_model(path, size=16):

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import write_images
 from informer_audit.adapters.fd import FiniteDifferenceIxG
+from informer_audit.audit import Auditor
 from informer_audit.cache import ScoreCache, cache_key, content_sha256, key_document
 from informer_audit.model import OnnxClassifier
-from informer_audit.audit import Auditor
 
 FIELDS = {
     "model_sha256": "ab" * 32,

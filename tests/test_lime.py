@@ -16,9 +16,9 @@ from sklearn.linear_model import Ridge
 
 from conftest import build_linear_model, card_dict
 from informer_audit.adapters.lime import LimeSaliency, image_random_state, weighted_ridge
+from informer_audit.audit import Auditor
 from informer_audit.errors import SaliencyError
 from informer_audit.model import OnnxClassifier
-from informer_audit.audit import Auditor
 from informer_audit.saliency import adapter_from_settings, available_adapters, get_adapter
 
 # Quickshift settings that cut a 32 px test image into ~16 segments (lime's defaults, tuned for

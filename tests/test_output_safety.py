@@ -30,8 +30,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import build_linear_model, card_dict, write_images
-from informer_audit import monitor as monitor_module
 from informer_audit import audit as pipeline
+from informer_audit import monitor as monitor_module
 from informer_audit.cli import cli
 from informer_audit.journal import journal_path
 from informer_audit.monitor import load_monitor

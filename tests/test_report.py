@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from reportkit import CLASSES, HOSTILE_NAMES, invoke, make_run, parse_page, read_rows
 
+from informer_audit.audit import Auditor
 from informer_audit.errors import MapStoreError, MonitorMismatchError
 from informer_audit.mapstore import MapStore, map_file_name
 from informer_audit.model import OnnxClassifier
-from informer_audit.audit import Auditor
 from informer_audit.report import (
     build_report,
     image_candidates,
