@@ -23,7 +23,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from informer_audit.errors import MeaninglessSettingWarning, SaliencyError
-from informer_audit.saliency import ProgressCallback, SaliencyAdapter, register_adapter
+from informer_audit.saliency import (
+    ORT_BATCH_SIZE,
+    AdapterOption,
+    ProgressCallback,
+    SaliencyAdapter,
+    register_adapter,
+)
 
 if TYPE_CHECKING:
     from informer_audit.model import OnnxClassifier
@@ -75,6 +81,12 @@ class FiniteDifferenceIxG(SaliencyAdapter):
 
     name: ClassVar[str] = "fd"
     access: ClassVar[str] = "scores"
+    options: ClassVar[tuple[AdapterOption, ...]] = (
+        AdapterOption("--patch-size", "patch_size", int, "patch side in model pixels [16].", min=1),
+        AdapterOption("--fd-step", "step", float, "relative step h [1e-3]."),
+        AdapterOption("--fd-scheme", "scheme", str, "scheme [central].", choices=SCHEMES),
+        ORT_BATCH_SIZE,
+    )
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ same images, so a module that is not the audited model is refused rather than ex
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -21,7 +22,12 @@ from numpy.typing import NDArray
 
 from informer_audit.errors import SaliencyError
 from informer_audit.numerics import PROB_EPS
-from informer_audit.saliency import ProgressCallback, SaliencyAdapter, register_adapter
+from informer_audit.saliency import (
+    AdapterOption,
+    ProgressCallback,
+    SaliencyAdapter,
+    register_adapter,
+)
 
 from .onnx_torch import convert_onnx, import_torch
 
@@ -52,6 +58,33 @@ class ExactGradientIxG(SaliencyAdapter):
     name: ClassVar[str] = "gradient"
     access: ClassVar[str] = "graph"
     invariant_params: ClassVar[frozenset[str]] = frozenset({"batch_size", "tolerance"})
+    options: ClassVar[tuple[AdapterOption, ...]] = (
+        # Not __init__ settings: the front end builds ``module`` from them
+        # (:func:`informer_audit.checkpoints.torch_module_for`).
+        AdapterOption(
+            "--torch-weights",
+            "weights",
+            Path,
+            "differentiate this PyTorch checkpoint instead of converting the ONNX file "
+            "(checked to give the ONNX model's scores).",
+            init=False,
+        ),
+        AdapterOption(
+            "--torch-arch",
+            "arch",
+            str,
+            "architecture of --torch-weights (default: the one the ONNX file's export "
+            "provenance names).",
+            init=False,
+        ),
+        AdapterOption(
+            "--gradient-batch-size",
+            "batch_size",
+            int,
+            "images per torch forward pass (does not change results) [8].",
+            min=1,
+        ),
+    )
 
     def __init__(
         self,

@@ -42,7 +42,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from informer_audit.errors import MeaninglessSettingWarning, SaliencyError
-from informer_audit.saliency import ProgressCallback, SaliencyAdapter, register_adapter
+from informer_audit.saliency import (
+    ORT_BATCH_SIZE,
+    AdapterOption,
+    ProgressCallback,
+    SaliencyAdapter,
+    register_adapter,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -171,6 +177,16 @@ def _fill(value: Any) -> str | float:
     raise SaliencyError(f"lime: fill must be 'mean' or a pixel value in [0, 255], got {value!r}")
 
 
+def fill_from_text(text: str) -> str | float:
+    """A ``fill`` as typed: ``"mean"``, or a pixel value (:class:`ValueError` otherwise)."""
+    if text == "mean":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected 'mean' or a pixel value, got {text!r}") from None
+
+
 @register_adapter
 class LimeSaliency(SaliencyAdapter):
     """Superpixel LIME maps of every class from the model's scores.
@@ -238,6 +254,52 @@ class LimeSaliency(SaliencyAdapter):
 
     name: ClassVar[str] = "lime"
     access: ClassVar[str] = "scores"
+    options: ClassVar[tuple[AdapterOption, ...]] = (
+        AdapterOption(
+            "--lime-samples",
+            "num_samples",
+            int,
+            "perturbed samples (forward passes) per image [1000].",
+            min=2,
+        ),
+        AdapterOption(
+            "--lime-segmentation",
+            "segmentation",
+            str,
+            "superpixels [quickshift, with lime's defaults].",
+            choices=SEGMENTATIONS,
+        ),
+        AdapterOption("--lime-kernel-size", "kernel_size", float, "quickshift kernel_size [4]."),
+        AdapterOption("--lime-max-dist", "max_dist", float, "quickshift max_dist [200]."),
+        AdapterOption("--lime-ratio", "ratio", float, "quickshift ratio [0.2]."),
+        AdapterOption("--lime-segments", "n_segments", int, "SLIC n_segments [50].", min=2),
+        AdapterOption("--lime-compactness", "compactness", float, "SLIC compactness [10]."),
+        AdapterOption(
+            "--lime-fill",
+            "fill",
+            fill_from_text,
+            "hidden segments take their mean colour ('mean') or this pixel value on the 8-bit "
+            "scale [mean].",
+        ),
+        AdapterOption(
+            "--lime-kernel-width", "kernel_width", float, "kernel width on cosine distance [0.25]."
+        ),
+        AdapterOption(
+            "--lime-target",
+            "target",
+            str,
+            "what the ridge regressions explain [probability].",
+            choices=TARGETS,
+        ),
+        AdapterOption(
+            "--lime-seed",
+            "seed",
+            int,
+            "seed; each image's samples derive from it and the image's content [0].",
+            min=0,
+        ),
+        ORT_BATCH_SIZE,
+    )
 
     def __init__(
         self,

@@ -6,18 +6,16 @@ file, non-finite model output, ...). One bad file never stops the batch. :func:`
 :class:`~informer_audit.monitor.FlagMonitor` on labelled images; :func:`flag_folder` applies one to
 a folder, journaling each row as it finishes so that an interrupted run resumes where it stopped.
 
-The monitor's raw score is INFORMER's class distinctiveness ``d`` by default; an auditor built
-with ``method="entropy"``, ``"tta"`` or ``"msp"`` scores images with that baseline instead
-(:mod:`.baselines`: no saliency map; TTA takes extra forward passes), and everything downstream
-(fit, flag, CSV files) works the same. With a :class:`~.cache.ScoreCache`, an image whose scores
+The monitor's raw score comes from the auditor's :class:`~.scorers.Scorer`: INFORMER's class
+distinctiveness ``d`` (:class:`~.scorers.InformerScorer`) or a baseline (entropy, TTA, MSP: no
+saliency map; TTA takes extra forward passes), and everything downstream (fit, flag, CSV files)
+works the same. With a :class:`~.cache.ScoreCache`, an image whose scores
 are already stored (same model, image bytes, preprocessing, classes, method settings) is neither
 loaded nor explained again.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from collections import deque
@@ -30,9 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import __version__
-from .baselines import METHODS, make_monitor, probability_score, tta_settings, tta_spread
+from .binding import check_binding
 from .cache import ScoreCache, key_document
-from .distinctiveness import cosine_distance_matrix, distinctiveness
 from .errors import (
     EvaluationError,
     ImageReadError,
@@ -43,42 +40,20 @@ from .errors import (
     OutputWriteError,
     SaliencyError,
 )
-from .fileio import atomic_write_text, content_sha256, fsync_folder
+from .fileio import content_sha256
+from .flagsfile import FlagsLayout, write_flags_csv
 from .images import IMAGE_SUFFIXES, load_image, scan_folder
 from .journal import FlagJournal, journal_path
 from .labels import LabelSet
 from .mapstore import MapStore
 from .model import OnnxClassifier
-from .monitor import FlagMonitor, check_binding
+from .monitor import FlagMonitor
+from .monitorfile import monitor_to_dict
 from .numerics import sigmoid
 from .paths import printable
-from .saliency import SaliencyAdapter
+from .scorers import Scorer, make_monitor
 
 logger = logging.getLogger(__name__)
-
-TTA_PARAMS = ("copies", "seed", "max_angle", "blur_size", "padding")
-"""Keyword arguments of :func:`~.baselines.tta_spread` that change its result."""
-
-
-def binding_method(binding: Mapping[str, Any]) -> dict[str, Any]:
-    """The scoring method a monitor binding names: ``{"name": ..., **settings}``.
-
-    A binding without ``"method"`` (every INFORMER monitor, and monitor files written before
-    the baselines existed) means INFORMER, with the settings under ``"saliency"``.
-    """
-    method = binding.get("method")
-    if method is None:
-        return {"name": "informer"}
-    if not isinstance(method, Mapping) or not isinstance(method.get("name"), str):
-        raise EvaluationError(
-            f"a binding's 'method' must be an object with a 'name', got {method!r}"
-        )
-    return dict(method)
-
-
-def tta_params(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The :data:`TTA_PARAMS` found in TTA settings (e.g. a binding's ``method`` object)."""
-    return {k: settings[k] for k in TTA_PARAMS if k in settings}
 
 
 @dataclass
@@ -92,11 +67,11 @@ class ImageResult:
     path : Path
     error : str or None
         Why the image could not be scored; ``None`` when it was.
-    logits, probs, d : ndarray, shape (K,)
+    logits, probs : ndarray, shape (K,)
     dist : ndarray, shape (K, K)
-        Cosine distances between the class maps (INFORMER only).
+        Cosine distances between the class maps (scorers with maps, e.g. INFORMER, only).
     maps : ndarray, shape (K, ...) or None
-        The class saliency maps, kept only when asked (INFORMER only, never from the cache).
+        The class saliency maps, kept only when asked (never from the cache).
     score : ndarray, shape (K,)
         The monitor's raw score: ``d`` for INFORMER, else the baseline's score.
     """
@@ -107,7 +82,6 @@ class ImageResult:
     logits: NDArray[np.float64] | None = None
     probs: NDArray[np.float64] | None = None
     dist: NDArray[np.float64] | None = None
-    d: NDArray[np.float64] | None = None
     maps: NDArray[np.float64] | None = None
     score: NDArray[np.float64] | None = None
 
@@ -115,21 +89,20 @@ class ImageResult:
     def ok(self) -> bool:
         return self.error is None
 
-
-_OPPOSITE_TOL = 1e-3
-"""Cosine distances within this of 2 count as opposite maps: float32 rounding of a softmax
-leaves d_12 about 5e-7 short of 2 on the test model (more for saturated probabilities), and
-the flag thresholds' grid step (METHOD.md section 4) is 0.001, so such d is constant for it."""
+    @property
+    def d(self) -> NDArray[np.float64] | None:
+        """INFORMER's class distinctiveness: the score of a scorer with a distance matrix."""
+        return self.score if self.dist is not None else None
 
 
 class Auditor:
-    """Streams images through one model and one saliency adapter (or one baseline score).
+    """Streams images through one model and one scorer (INFORMER or a baseline).
 
     Parameters
     ----------
     model : OnnxClassifier
-    adapter : SaliencyAdapter or None
-        The saliency adapter; ``None`` for the baseline methods, which need no maps.
+    scorer : Scorer
+        The monitor's raw score (:mod:`.scorers`), e.g. ``InformerScorer(adapter)``.
     classes : sequence of str, optional
         Model outputs to audit (distinctiveness is computed among these); default all.
     images_per_chunk : int
@@ -137,13 +110,6 @@ class Auditor:
     keep_maps : bool
         Keep each image's class maps in its result (the cache is then only written, not read,
         as it holds no maps).
-    method : {"informer", "entropy", "tta", "msp"}
-        The monitor's raw score (:data:`~.baselines.METHODS`).
-    tta : mapping, optional
-        For ``method="tta"``: keyword arguments of :func:`~.baselines.tta_spread` that change
-        its result (:data:`TTA_PARAMS`; defaults: 10 copies, seed 0, ...).
-    tta_batch_size : int
-        Augmented copies per model run (does not change results).
     cache : ScoreCache, optional
         Per-image score cache, read before scoring and written after.
 
@@ -156,14 +122,11 @@ class Auditor:
     def __init__(
         self,
         model: OnnxClassifier,
-        adapter: SaliencyAdapter | None,
+        scorer: Scorer,
         classes: Sequence[str] | None = None,
         *,
         images_per_chunk: int = 8,
         keep_maps: bool = False,
-        method: str = "informer",
-        tta: Mapping[str, Any] | None = None,
-        tta_batch_size: int = 32,
         cache: ScoreCache | None = None,
     ) -> None:
         names = list(model.card.class_names)
@@ -174,41 +137,13 @@ class Auditor:
                 f"audited classes {self.classes} must be distinct model classes; the model "
                 f"({model.path}) has {names}"
             )
-        if method not in METHODS:
-            raise EvaluationError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-        if method == "informer" and len(self.classes) < 2:
-            # Entropy, MSP and TTA score each class alone; only INFORMER compares classes.
-            raise LabelFormatError(
-                "INFORMER's class distinctiveness compares the saliency maps of different "
-                f"classes: audit at least 2 classes with it, got {self.classes}; the baselines "
-                "(--method entropy, msp or tta) score each class alone and work with one"
-            )
-        if method == "informer" and adapter is None:
-            raise SaliencyError("the informer method needs a saliency adapter")
-        if method != "informer" and adapter is not None:
+        if not isinstance(scorer, Scorer):
             raise EvaluationError(
-                f"method {method!r} uses no saliency map: pass adapter=None (saliency adapters "
-                "apply to the informer method)"
+                f"scorer must be a Scorer (informer_audit.scorers), got {type(scorer).__name__}"
             )
-        if tta is not None and method != "tta":
-            raise EvaluationError(f"TTA settings apply to method 'tta', not {method!r}")
+        scorer.check(model, self.classes)
         self.model = model
-        self.adapter = adapter
-        self.method = method
-        self.tta: dict[str, Any] = {}
-        if method == "tta":
-            unknown = sorted(set(tta or {}) - set(TTA_PARAMS))
-            if unknown:
-                raise EvaluationError(f"unknown TTA settings {unknown}; valid: {list(TTA_PARAMS)}")
-            self.tta = tta_params(tta_settings(**dict(tta or {})))
-        if not (isinstance(tta_batch_size, int) and tta_batch_size >= 1):
-            raise EvaluationError(
-                f"tta_batch_size must be a positive integer, got {tta_batch_size!r}"
-            )
-        self.tta_batch_size = tta_batch_size
-        if adapter is not None:
-            adapter.check(model)  # refuse or warn about settings this model makes meaningless
-        self._pair_checked = False
+        self.scorer = scorer
         self.index = np.array([names.index(c) for c in self.classes])
         self.images_per_chunk = max(1, int(images_per_chunk))
         self.keep_maps = keep_maps
@@ -217,35 +152,30 @@ class Auditor:
         self.cache_misses = 0
 
     @property
+    def method(self) -> str:
+        """The scorer's method name (the monitor's ``method``)."""
+        return self.scorer.name
+
+    @property
     def score_name(self) -> str:
         """Prefix of the score columns in CSV files: ``d`` (INFORMER) or the method's name."""
-        return "d" if self.method == "informer" else self.method
-
-    def method_settings(self) -> dict[str, Any]:
-        """The method and the settings that change its score: ``{"name": ..., ...}``."""
-        if self.method == "tta":
-            return {"name": "tta", **tta_settings(**self.tta)}
-        return {"name": self.method}
+        return self.scorer.score_name
 
     def binding(self) -> dict[str, Any]:
         """What a monitor fitted with this auditor is valid for.
 
-        ``saliency`` holds the adapter's settings (``None`` for a baseline method); a baseline
-        adds ``method`` (:meth:`method_settings`). INFORMER bindings have no ``method`` key, as
-        before the baselines existed, so that older monitor files still match.
+        The model's fingerprint, classes and preprocessing, then the scorer's
+        :meth:`~.scorers.Scorer.settings` (``saliency``, and ``method`` for a baseline).
         """
         card = self.model.card.to_dict()
         class_names = card.pop("class_names")
-        binding: dict[str, Any] = {
+        return {
             "model_sha256": self.model.sha256,
             "class_names": class_names,
             "audited_classes": list(self.classes),
             "preprocessing": card,
-            "saliency": self.adapter.settings() if self.adapter is not None else None,
+            **self.scorer.settings(),
         }
-        if self.method != "informer":
-            binding["method"] = self.method_settings()
-        return binding
 
     # -- the score cache ----------------------------------------------------------------------
     def _cache_document(self, path: Path) -> str | None:
@@ -256,57 +186,30 @@ class Auditor:
             image_sha256 = content_sha256(path)
         except OSError:
             return None  # loading the image will record why
-        if self.method == "informer":
-            kind, settings = "informer", self._saliency().settings()
-        elif self.method == "tta":
-            kind, settings = "tta", tta_settings(**self.tta)
-        else:
-            kind, settings = "probs", {}  # entropy and MSP are functions of the logits
         return key_document(
             model_sha256=self.model.sha256,
             image_sha256=image_sha256,
-            kind=kind,
-            settings=settings,
+            kind=self.scorer.cache_kind,
+            settings=self.scorer.cache_settings(),
             classes=self.classes,
             preprocessing=self.model.card.to_dict(),
         )
 
-    def _cache_shapes(self) -> dict[str, tuple[int, ...]]:
-        k = len(self.classes)
-        if self.method == "informer":
-            return {"logits": (k,), "dist": (k, k), "d": (k,)}
-        if self.method == "tta":
-            return {"logits": (k,), "spread": (k,)}
-        return {"logits": (k,)}
-
-    def _saliency(self) -> SaliencyAdapter:
-        if self.adapter is None:
-            raise SaliencyError("the informer method needs a saliency adapter")
-        return self.adapter
-
     def _from_cache(self, cache: ScoreCache, r: ImageResult, document: str) -> bool:
-        arrays = cache.get(document, self._cache_shapes())
+        arrays = cache.get(document, self.scorer.cache_shapes(len(self.classes)))
         if arrays is None:
             self.cache_misses += 1
             return False
         self.cache_hits += 1
         z = arrays["logits"]
         r.logits, r.probs = z, sigmoid(z)
-        if self.method == "informer":
-            r.dist, r.d = arrays["dist"], arrays["d"]
-            r.score = r.d
-        elif self.method == "tta":
-            r.score = arrays["spread"]
-        else:
-            r.score = probability_score(self.method, r.probs[None])[0]
+        r.score, r.dist = self.scorer.from_cache(arrays, r.probs)
         return True
 
     def _to_cache(self, cache: ScoreCache, r: ImageResult, document: str) -> None:
-        values = {"logits": r.logits, "dist": r.dist, "d": r.d, "spread": r.score}
-        arrays = {name: values[name] for name in self._cache_shapes()}
-        if any(a is None for a in arrays.values()):
+        if r.logits is None or r.score is None:
             return  # not scored: nothing to store
-        cache.put(document, {name: a for name, a in arrays.items() if a is not None})
+        cache.put(document, self.scorer.to_cache(r.logits, r.score, r.dist))
 
     def run(
         self,
@@ -380,82 +283,71 @@ class Auditor:
         if not finite.any():
             return
         keep = np.flatnonzero(finite)
-        if self.method != "informer":
-            self._score_baseline(loaded, x, logits, keep)
-            return
-        maps = self._saliency().explain(self.model, x[keep], logits=logits[keep])
-        maps = maps[:, self.index]
-        dist = cosine_distance_matrix(maps)
-        d = distinctiveness(dist)
-        self._check_pair(dist, np.asarray(np.isfinite(maps).reshape(len(maps), -1).all(axis=1)))
-        for row, i in enumerate(keep):
-            r = loaded[i][0]
-            if not np.isfinite(maps[row]).all():
-                r.error = "the saliency map has non-finite values (the model's scores overflow)"
-                continue
-            z = logits[i, self.index]
-            r.logits, r.probs, r.dist, r.d = z, sigmoid(z), dist[row], d[row]
-            r.score = r.d
-            if self.keep_maps:
-                r.maps = maps[row]
-
-    def _check_pair(self, dist: NDArray[np.float64], finite: NDArray[np.bool_]) -> None:
-        """Refuse two classes whose maps are opposites (checked once, on the first images).
-
-        A 2-class softmax (p_2 = 1 - p_1, so logit p_2 = -logit p_1) gives S_2 = -S_1 for any
-        saliency method that is linear in the score: d_12 = 2 on every image, and no threshold
-        can flag anything.
-        """
-        if self._pair_checked or len(self.classes) != 2 or not finite.any():
-            return
-        self._pair_checked = True
-        pair = dist[finite, 0, 1]
-        if np.all(pair >= 2.0 - _OPPOSITE_TOL):
-            raise SaliencyError(
-                f"{self.model.path}: the class maps of {self.classes[0]!r} and "
-                f"{self.classes[1]!r} are opposites of each other (cosine distance at least "
-                f"{float(pair.min()):.6f} on all {pair.size} first images): the outputs are a "
-                "2-class softmax (p_2 = 1 - p_1), so d = 2 on every image and INFORMER cannot "
-                "flag anything. Audit such a model with --method entropy, msp or tta, or give "
-                "it independent (sigmoid) outputs"
-            )
-
-    def _score_baseline(
-        self,
-        loaded: list[tuple[ImageResult, NDArray[np.float32]]],
-        x: NDArray[np.float32],
-        logits: NDArray[np.float64],
-        keep: NDArray[np.intp],
-    ) -> None:
+        batch = self.scorer.score(self.model, x[keep], logits[keep], self.index)
         z = logits[keep][:, self.index]
         probs = sigmoid(z)
-        if self.method == "tta":
-            scores = tta_spread(self.model, x[keep], **self.tta, batch_size=self.tta_batch_size)
-            scores = scores[:, self.index]
-        else:
-            scores = probability_score(self.method, probs)
         for row, i in enumerate(keep):
             r = loaded[i][0]
-            if not np.isfinite(scores[row]).all():
-                r.error = "the model returned non-finite scores for an augmented copy"
+            if not batch.valid[row]:
+                r.error = self.scorer.invalid_reason
                 continue
-            r.logits, r.probs, r.score = z[row], probs[row], scores[row]
+            r.logits, r.probs, r.score = z[row], probs[row], batch.scores[row]
+            if batch.dist is not None:
+                r.dist = batch.dist[row]
+            if self.keep_maps and batch.maps is not None:
+                r.maps = batch.maps[row]
 
 
 # -- calibrate ----------------------------------------------------------------------------------
 @dataclass
 class Calibration:
-    """Outcome of :func:`calibrate`."""
+    """Outcome of :func:`calibrate`.
+
+    Attributes
+    ----------
+    monitor : FlagMonitor
+        Fitted.
+    binding : dict
+        What the monitor is valid for (:meth:`Auditor.binding`).
+    results : list of ImageResult
+        The scored images, in label-file order.
+    y : ndarray, shape (N_ok, K)
+        Labels of the scored images.
+    failures : list of ImageResult
+        The images that could not be scored.
+    labels : LabelSet, optional
+        The label set calibrated on (gives :attr:`provenance` its label fields).
+    """
 
     monitor: FlagMonitor
     binding: dict[str, Any]
     results: list[ImageResult]
-    y: NDArray[np.float64]  # (N_ok, K) labels of the scored images
+    y: NDArray[np.float64]
     failures: list[ImageResult] = field(default_factory=list)
+    labels: LabelSet | None = None
 
     @property
     def return_code(self) -> int:
         return 1 if self.failures else 0
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The monitor file's ``calibration`` record: the labels, their filters, the failures."""
+        record: dict[str, Any] = {}
+        if self.labels is not None:
+            labels = self.labels
+            record = {
+                "labels_file": Path(labels.source).name,
+                "label_format": labels.format,
+                "label_columns": dict(zip(labels.class_names, labels.label_columns, strict=True)),
+                "filters": {**labels.filters, "excluded": labels.excluded},
+            }
+        return {
+            **record,
+            "n_images": len(self.results),
+            "n_failed": len(self.failures),
+            "failures": [{"path": f.key, "error": f.error} for f in self.failures],
+        }
 
 
 def calibrate(
@@ -497,7 +389,7 @@ def calibrate(
     scores = np.stack([s[1] for s in scored])
     monitor = make_monitor(auditor.method, grid_step=grid_step)
     monitor.fit(scores, y, probs, auditor.classes)
-    return Calibration(monitor, auditor.binding(), ok, y, failed)
+    return Calibration(monitor, auditor.binding(), ok, y, failed, labels)
 
 
 # -- flag ---------------------------------------------------------------------------------------
@@ -543,24 +435,6 @@ class FlagSummary:
         return 1 if self.n_failed else 0
 
 
-def flag_columns(
-    classes: Sequence[str], with_matrix: bool = False, score_name: str = "d"
-) -> list[str]:
-    """Header of the flags CSV; the score columns are ``<score_name>_C`` (``d_C``, ``tta_C``)."""
-    cols = ["path", "status", "error"]
-    for c in classes:
-        cols += [f"prob_{c}", f"pred_{c}", f"{score_name}_{c}", f"flag_{c}", f"audited_{c}"]
-    if with_matrix:
-        cols += matrix_columns(classes)
-    return cols
-
-
-def matrix_columns(classes: Sequence[str]) -> list[str]:
-    """Columns of the upper triangle of the K x K cosine-distance matrix: ``dist_A|B``."""
-    k = len(classes)
-    return [f"dist_{classes[a]}|{classes[b]}" for a in range(k) for b in range(a + 1, k)]
-
-
 def _scored(
     r: ImageResult,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
@@ -573,15 +447,6 @@ def _probs_score(r: ImageResult) -> tuple[NDArray[np.float64], NDArray[np.float6
     if r.probs is None or r.score is None:
         raise ValueError(f"{r.key}: image was not scored ({r.error})")
     return r.probs, r.score
-
-
-def _num(v: float) -> str:
-    return f"{v:.8g}"
-
-
-def matrix_values(dist: NDArray[np.float64]) -> list[str]:
-    k = dist.shape[0]
-    return [_num(dist[a, b]) for a in range(k) for b in range(a + 1, k)]
 
 
 def flag_folder(
@@ -633,7 +498,7 @@ def flag_folder(
             f"{monitor_source} is a {monitor.method!r} monitor; this run scores images with "
             f"{auditor.method!r}"
         )
-    if with_matrix and auditor.method != "informer":
+    if with_matrix and not auditor.scorer.has_maps:
         raise EvaluationError(
             f"the distance matrix needs saliency maps; method {auditor.method!r} has none"
         )
@@ -652,7 +517,8 @@ def flag_folder(
         )
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    columns = flag_columns(auditor.classes, with_matrix, auditor.score_name)
+    layout = FlagsLayout(tuple(auditor.classes), auditor.score_name, with_matrix)
+    columns = layout.columns
     summary = FlagSummary(list(auditor.classes))
     summary.skipped = [(printable(str(p)), printable(why)) for p, why in scan.skipped]
     with FlagJournal(
@@ -705,7 +571,7 @@ def flag_folder(
                     _save_maps(store, result)
                 sha = hashes[i]
                 if result.ok and sha is not None:
-                    journal.append(sha, result.key, _flag_cells(result, monitor, with_matrix))
+                    journal.append(sha, result.key, _flag_cells(result, monitor, layout))
                 else:
                     failed[i] = printable(str(result.error))
 
@@ -716,7 +582,7 @@ def flag_folder(
         summary.n_duplicates = len(copies) - len(retry)
         journal.sync()
         try:
-            _write_flags_csv(out_csv, columns, paths, hashes, failed, journal, summary)
+            _write_flags_csv(out_csv, layout, paths, hashes, failed, journal, summary)
         except OSError as exc:
             raise OutputWriteError(
                 f"cannot write the flags CSV {os.fspath(out_csv)!r}: {exc.strerror or exc}"
@@ -740,7 +606,7 @@ def _journal_settings(
     cache, the monitor's calibration statistics, the images folder (rows are keyed by image
     content) and the output file's name.
     """
-    rule = monitor.to_dict()
+    rule = monitor_to_dict(monitor)
     return {
         "tool_version": __version__,
         "columns": list(columns),
@@ -758,9 +624,10 @@ def _journal_settings(
 def _map_store(auditor: Auditor, maps_dir: str | Path | None) -> MapStore | None:
     if maps_dir is None:
         return None
-    if auditor.method != "informer" or not auditor.keep_maps:
+    if not auditor.scorer.has_maps or not auditor.keep_maps:
         raise EvaluationError(
-            "saving maps needs the informer method and an Auditor(keep_maps=True); this run "
+            "saving maps needs a method with maps (informer) and an Auditor(keep_maps=True); "
+            "this run "
             f"scores with {auditor.method!r}" + ("" if auditor.keep_maps else ", keep_maps=False")
         )
     return MapStore.create(maps_dir, auditor.binding())
@@ -777,27 +644,17 @@ def _save_maps(store: MapStore, result: ImageResult) -> None:
     store.save(result.key, result.maps, dist, d, image_sha256)
 
 
-def _flag_cells(result: ImageResult, monitor: FlagMonitor, with_matrix: bool) -> list[str]:
+def _flag_cells(result: ImageResult, monitor: FlagMonitor, layout: FlagsLayout) -> list[str]:
     """The cells of a scored image's flags row after its path, as the CSV writes them."""
     probs, score = _probs_score(result)
     yhat, flags, audited = (a[0] for a in monitor.audit(probs[None], score[None]))
-    cells = ["ok", ""]
-    for j in range(len(probs)):
-        cells += [
-            _num(probs[j]),
-            str(int(yhat[j])),
-            _num(score[j]),
-            str(int(flags[j])),
-            str(int(audited[j])),
-        ]
-    if with_matrix:
-        cells += matrix_values(_scored(result)[2])
-    return cells
+    dist = _scored(result)[2] if layout.with_matrix else None
+    return layout.scored_row(result.key, probs, yhat, score, flags, audited, dist=dist)[1:]
 
 
 def _write_flags_csv(
     out_csv: Path,
-    columns: Sequence[str],
+    layout: FlagsLayout,
     paths: Sequence[Path],
     hashes: Sequence[str | None],
     failed: Mapping[int, str],
@@ -811,11 +668,9 @@ def _write_flags_csv(
     """
     k = len(summary.classes)
     counts = np.zeros((3, k), dtype=np.int64)  # predicted, flagged, audited positives
-    partial = out_csv.with_name(out_csv.name + ".partial")
-    # backslashreplace: a class name with lone surrogates must not stop the run at the end.
-    with partial.open("w", encoding="utf-8", errors="backslashreplace", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(columns)
+    at = [[layout.index(f, j) for j in range(k)] for f in ("pred", "flag", "audited")]
+
+    def rows() -> Iterator[list[Any]]:
         for i, path in enumerate(paths):
             key = printable(str(path))
             summary.n_images += 1
@@ -823,73 +678,22 @@ def _write_flags_csv(
             if sha is None or i in failed:
                 summary.n_failed += 1
                 summary.failures.append((key, failed[i]))
-                writer.writerow([key, "failed", failed[i]] + [""] * (len(columns) - 3))
+                yield layout.failed_row(key, failed[i])
                 continue
-            cells = journal.cells(sha)
-            for j in range(k):
-                base = 2 + 5 * j  # cells: status, error, then prob, pred, score, flag, audited
-                counts[:, j] += [int(cells[base + 1]), int(cells[base + 3]), int(cells[base + 4])]
-            writer.writerow([key, *cells])
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(partial, out_csv)
-    fsync_folder(out_csv.parent)
+            row = [key, *journal.cells(sha)]
+            counts[:] += [[int(row[c]) for c in cols] for cols in at]
+            yield row
+
+    write_flags_csv(out_csv, layout, rows())
     summary.predicted, summary.flagged, summary.audited = counts[0], counts[1], counts[2]
 
 
-def write_scores_csv(path: str | Path, calibration: Calibration, classes: Sequence[str]) -> None:
-    """Per-image calibration table: labels, probabilities, predictions, scores, flags.
-
-    INFORMER writes ``d_C`` columns and the upper triangle of the K x K distance matrix; a
-    baseline writes ``<method>_C`` columns (``entropy_C``, ...) and no matrix.
-    """
-    mon = calibration.monitor
-    informer = mon.method == "informer"
-    score_name = "d" if informer else mon.method
-    extra = matrix_columns(classes) if informer else []
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    header = ["path", "status", "error"]
-    for c in classes:
-        header += [
-            f"label_{c}",
-            f"prob_{c}",
-            f"pred_{c}",
-            f"{score_name}_{c}",
-            f"flag_{c}",
-            f"audited_{c}",
-        ]
-    writer.writerow(header + extra)
-    for r, y in zip(calibration.results, calibration.y, strict=True):
-        probs, score = _probs_score(r)
-        yhat, flags, audited = (a[0] for a in mon.audit(probs[None], score[None]))
-        row: list[Any] = [r.key, "ok", ""]
-        for j in range(len(classes)):
-            label = "" if not np.isfinite(y[j]) else int(y[j])
-            row += [
-                label,
-                _num(probs[j]),
-                int(yhat[j]),
-                _num(score[j]),
-                int(flags[j]),
-                int(audited[j]),
-            ]
-        writer.writerow(row + (matrix_values(_scored(r)[2]) if informer else []))
-    for r in calibration.failures:
-        writer.writerow([r.key, "failed", r.error] + [""] * (6 * len(classes)) + [""] * len(extra))
-    atomic_write_text(Path(path), buf.getvalue())
-
-
 __all__ = [
-    "TTA_PARAMS",
     "Auditor",
     "Calibration",
     "FlagSummary",
     "ImageResult",
     "InformerAuditError",
-    "binding_method",
     "calibrate",
     "flag_folder",
-    "tta_params",
-    "write_scores_csv",
 ]

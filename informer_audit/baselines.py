@@ -1,17 +1,11 @@
-"""Baseline monitor scores (METHOD.md section 5) and the registry of monitor methods.
+"""Baseline monitor scores (METHOD.md section 5): entropy, MSP, test-time augmentation.
 
 Every monitor method turns an image into one raw score per class, shape (N, K), and is fitted
 and applied by the same :class:`~informer_audit.monitor.FlagMonitor` (same 0.001 grid, same
-swap rule, same JSON file); only the direction of the flag differs:
-
-========== ============ ======================================================== ==========
-method     direction    raw score                                                needs
-========== ============ ======================================================== ==========
-informer   below        class distinctiveness ``d_k`` (:mod:`.distinctiveness`)  saliency
-entropy    above        ``H_k = -p log2 p - (1 - p) log2 (1 - p)``, in [0, 1]    probs
-tta        above        std of ``p_k`` over T augmented copies, in [0, 0.5]      model
-msp        below        ``max(p_k, 1 - p_k)``, in [0.5, 1] *(ours)*              probs
-========== ============ ======================================================== ==========
+swap rule, same JSON file); only the direction of the flag differs. The methods are registered
+as scorers in :mod:`.scorers` (its table lists them); this module holds the score functions:
+binary entropy (:func:`entropy_score`), maximum class probability (:func:`msp_score`) and the
+test-time-augmentation spread (:func:`tta_spread`).
 
 Test-time augmentation (:func:`tta_spread`) follows the paper's list, "random rotations of 45
 degrees, blurring with kernel size 10 by 10 and random cropping with a padding 8", read as one
@@ -43,132 +37,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import EvaluationError
-from .monitor import FlagMonitor
-from .saliency import ProgressCallback
+from .progress import Progress
 
 logger = logging.getLogger(__name__)
-
-
-# -- the registry -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a monitor method needs and how it flags.
-
-    Attributes
-    ----------
-    name : str
-        Registry name (the CLI's ``--method`` choice and the monitor file's ``method``).
-    direction : {"below", "above"}
-        Flag when the raw score is below / above the class threshold.
-    needs : {"saliency", "probabilities", "model"}
-        What computing the score takes: class saliency maps, only the probabilities, or extra
-        forward passes through the model.
-    description : str
-    score_bounds : (float, float)
-        The least and greatest value the raw score can take; for a score summed over the other
-        classes (``pairwise``), the bounds of one pair's term.
-    pairwise : bool
-        The score is a sum over the K - 1 other classes (INFORMER's ``d_k``, each term a cosine
-        distance in [0, 2]), so its range grows with the number of audited classes.
-    """
-
-    name: str
-    direction: str
-    needs: str
-    description: str
-    score_bounds: tuple[float, float]
-    pairwise: bool = False
-
-    def score_range(self, n_classes: int) -> tuple[float, float]:
-        """The closed interval the raw score lies in, for ``n_classes`` audited classes.
-
-        A monitor file's flag thresholds are checked against it (:func:`.monitor.load_monitor`),
-        and the flag-threshold grid of ``direction="above"`` reaches its top, so that the
-        threshold that flags nothing on the calibration set flags nothing on any image.
-        """
-        lo, hi = self.score_bounds
-        if self.pairwise:
-            others = max(int(n_classes) - 1, 0)
-            return lo * others, hi * others
-        return lo, hi
-
-
-METHODS: Mapping[str, MethodSpec] = MappingProxyType(
-    {
-        "informer": MethodSpec(
-            "informer",
-            "below",
-            "saliency",
-            "class distinctiveness d_k of the class saliency maps",
-            score_bounds=(0.0, 2.0),  # d_k = sum over l != k of 1 - cos_kl: [0, 2 (K - 1)]
-            pairwise=True,
-        ),
-        "entropy": MethodSpec(
-            "entropy",
-            "above",
-            "probabilities",
-            "binary predictive entropy H_k of p_k, in bits",
-            score_bounds=(0.0, 1.0),
-        ),
-        "tta": MethodSpec(
-            "tta",
-            "above",
-            "model",
-            "standard deviation of p_k over test-time augmented copies",
-            score_bounds=(0.0, 0.5),  # the std of values in [0, 1] is at most 1/2
-        ),
-        "msp": MethodSpec(
-            "msp",
-            "below",
-            "probabilities",
-            "maximum class probability max(p_k, 1 - p_k)",
-            score_bounds=(0.5, 1.0),
-        ),
-    }
-)
-"""The monitor methods by name, in the order tables list them."""
-
-
-def method_spec(name: str) -> MethodSpec:
-    """The spec of a registered method, or of a named variant of one.
-
-    A variant is ``<method>_<anything>``, e.g. ``informer_fd`` and ``informer_lime`` (INFORMER
-    with two saliency adapters): it flags like its base method.
-
-    Raises
-    ------
-    EvaluationError
-        When neither ``name`` nor its prefix before the first ``_`` is registered.
-    """
-    if name in METHODS:
-        return METHODS[name]
-    base = name.split("_", 1)[0]
-    if base in METHODS and base != name:
-        return METHODS[base]
-    raise EvaluationError(
-        f"unknown monitor method {name!r}; choose one of {list(METHODS)} or a variant named "
-        "'<method>_<label>' (e.g. 'informer_fd')"
-    )
-
-
-def make_monitor(name: str, *, grid_step: float = 0.001) -> FlagMonitor:
-    """An unfitted :class:`FlagMonitor` for a method or variant.
-
-    The monitor's ``method`` is the base method (``informer_fd`` -> ``"informer"``), the name
-    ``flag --method`` matches; what distinguishes variants (the saliency adapter) belongs in the
-    monitor file's binding.
-    """
-    spec = method_spec(name)
-    return FlagMonitor(method=spec.name, direction=spec.direction, grid_step=grid_step)
 
 
 # -- scores from probabilities ------------------------------------------------------------------
@@ -229,25 +107,6 @@ def msp_score(probs: NDArray[np.floating]) -> NDArray[np.float64]:
     return np.maximum(p, 1.0 - p)
 
 
-def probability_score(name: str, probs: NDArray[np.floating]) -> NDArray[np.float64]:
-    """The raw score of a method computed from probabilities alone (``entropy``, ``msp``).
-
-    Raises
-    ------
-    EvaluationError
-        For methods that need more than the probabilities (``informer``, ``tta``).
-    """
-    spec = method_spec(name)
-    if spec.name == "entropy":
-        return entropy_score(probs)
-    if spec.name == "msp":
-        return msp_score(probs)
-    raise EvaluationError(
-        f"method {name!r} needs {spec.needs}, not only probabilities; the methods computed from "
-        f"probabilities are {[m.name for m in METHODS.values() if m.needs == 'probabilities']}"
-    )
-
-
 # -- test-time augmentation: the augmentations --------------------------------------------------
 class _CardLike(Protocol):
     @property
@@ -274,7 +133,7 @@ def black_fill(card: _CardLike, channels: int) -> NDArray[np.float32]:
     Parameters
     ----------
     card
-        Anything with ``scale``, ``mean`` and ``std`` (a :class:`~.model.ModelCard`); ``mean``
+        Anything with ``scale``, ``mean`` and ``std`` (a :class:`~.modelcard.ModelCard`); ``mean``
         and ``std`` hold one value per channel or one for all.
     channels : int
 
@@ -543,7 +402,7 @@ def tta_spread(
     padding: int = 8,
     fill: NDArray[np.floating] | Sequence[float] | None = None,
     batch_size: int = 32,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Progress | None = None,
 ) -> NDArray[np.float64]:
     """Test-time-augmentation spread: std of ``p_k`` over ``copies`` augmented copies.
 

@@ -8,9 +8,10 @@ document (sorted keys, no whitespace) of
 * ``model_sha256``: the model file's fingerprint;
 * ``image_sha256``: the SHA-256 of the image file's bytes (not of its path: a renamed or
   copied file is still a hit, an edited one is a miss);
-* ``kind``: what was computed (``"informer"``, ``"tta"`` or ``"probs"``);
-* ``settings``: the settings that change the result (an adapter's
-  :meth:`~.saliency.SaliencyAdapter.settings`, :func:`~.baselines.tta_settings`);
+* ``kind``: what was computed (:attr:`.scorers.Scorer.cache_kind`: ``"informer"``, ``"tta"``
+  or ``"probs"`` for the built-in methods);
+* ``settings``: the settings that change the result (:meth:`.scorers.Scorer.cache_settings`:
+  an adapter's :meth:`~.saliency.SaliencyAdapter.settings`, :func:`~.baselines.tta_settings`);
 * ``classes``: the audited classes, in order;
 * ``preprocessing``: the model card (a model without metadata can be given other cards);
 * ``format``: :data:`CACHE_FORMAT`, so that a change of layout never reads old entries.
@@ -51,7 +52,8 @@ CACHE_FORMAT = 1
 """Version of the entry layout; part of every key."""
 
 KINDS = ("informer", "tta", "probs")
-"""What an entry can hold: INFORMER scores, a TTA spread, or the logits alone."""
+"""What the built-in methods' entries hold: INFORMER scores, a TTA spread, or the logits alone.
+A registered scorer may name another kind."""
 
 _KEY_ARRAY = "_key"
 _CHUNK = 1 << 20
@@ -71,10 +73,11 @@ def key_document(
     Raises
     ------
     ValueError
-        For an unknown ``kind``, or settings that JSON cannot hold (NaN, objects).
+        For a ``kind`` that is not a non-empty name, or settings that JSON cannot hold (NaN,
+        objects).
     """
-    if kind not in KINDS:
-        raise ValueError(f"cache kind must be one of {list(KINDS)}, got {kind!r}")
+    if not (isinstance(kind, str) and kind.isidentifier()):
+        raise ValueError(f"cache kind must be a name such as {list(KINDS)}, got {kind!r}")
     doc = {
         "format": CACHE_FORMAT,
         "model_sha256": str(model_sha256),

@@ -4,7 +4,7 @@
 calibration set and a labelled test set it scores every image with
 
 * the model alone (logits -> probabilities; the entropy and MSP baselines are functions of
-  them, :func:`~.baselines.probability_score`);
+  them, :class:`~.scorers.ProbabilityScorer`);
 * each INFORMER saliency adapter given (one row ``informer_<adapter>`` each, e.g.
   ``informer_fd``, ``informer_lime``);
 * test-time augmentation (``tta``), when asked;
@@ -15,7 +15,8 @@ that is already stored. An image that fails with any method (unreadable file, no
 scores) is left out of every method, so that all rows describe the same images; it is recorded
 with the reason. :func:`~.evaluation.evaluate_methods` then fits every monitor on the
 calibration set and measures it on the test set, and :func:`write_evaluation` writes the report
-(:func:`~.evaluation.write_report`) and one monitor file per method, which ``flag`` can apply.
+(:func:`~.evaluation_report.write_evaluation_report`) and one monitor file per method, which
+``flag`` can apply.
 
 Nothing here prints; progress goes through a callback.
 """
@@ -23,7 +24,7 @@ Nothing here prints; progress goes through a callback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,20 +33,27 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .audit import Auditor, ImageResult
-from .baselines import METHODS, probability_score
 from .cache import ScoreCache
 from .errors import EvaluationError, LabelFormatError
-from .evaluation import Evaluation, ScoredSet, evaluate_methods, write_report
+from .evaluation import Evaluation, ScoredSet, evaluate_methods
+from .evaluation_report import write_evaluation_report
 from .labels import LabelSet
 from .model import OnnxClassifier
-from .monitor import save_monitor
+from .monitorfile import save_monitor
 from .paths import safe_child
-from .saliency import SaliencyAdapter
+from .progress import Progress
+from .saliency import available_adapters
+from .scorers import (
+    EntropyScorer,
+    InformerScorer,
+    ProbabilityScorer,
+    Scorer,
+    TTAScorer,
+    available_scorers,
+    build_scorer,
+)
 
 logger = logging.getLogger(__name__)
-
-EvaluationProgress = Callable[[str, int, int], None]
-"""Called as ``progress(stage, done, total)``, e.g. ``("test: informer_fd", 12, 70)``."""
 
 SETS = ("calibration", "test")
 
@@ -109,43 +117,142 @@ class EvaluationRun:
         return 1 if self.failures else 0
 
 
-def _check_methods(methods: Sequence[str], adapters: Mapping[str, SaliencyAdapter]) -> list[str]:
-    methods = list(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods or len(set(methods)) != len(methods):
-        raise EvaluationError(
-            f"methods must be distinct names among {list(METHODS)}, got {methods}"
-        )
-    if "informer" in methods and not adapters:
-        raise EvaluationError("the informer method needs at least one saliency adapter")
-    if adapters and "informer" not in methods:
-        raise EvaluationError(
-            f"saliency adapters {list(adapters)} were given but the methods {methods} do not "
-            "include informer"
-        )
-    for label in adapters:
-        if not label or not label.replace("-", "").replace("_", "").isalnum():
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What ``evaluate`` compares, with its defaults: the front end passes the options as given.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Registered methods (:func:`~.scorers.available_scorers`), distinct; baselines appear
+        in this order, after the INFORMER rows. Default: every registered method.
+    saliency : sequence of str, optional
+        INFORMER's saliency adapters, one row ``informer_<adapter>`` each; default ``["fd"]``
+        when ``methods`` holds informer. Only with informer.
+    saliency_params : mapping of str to mapping, optional
+        Per adapter name, its keyword arguments; only for adapters in ``saliency``. An adapter
+        that takes a ``seed`` gets :attr:`seed` unless one is given here (LIME).
+    tta : mapping, optional
+        TTA settings (:data:`~.scorers.TTA_PARAMS`); default 10 copies and seed :attr:`seed`.
+        Only with tta.
+    seed : int
+        Seed of the bootstrap, and of TTA and the seeded adapters unless given.
+    module : object, optional
+        A torch module for the adapters that take one (``gradient``).
+    batch_size : int
+        Images per ONNX Runtime run (fd, lime), augmented copies per run (tta); does not change
+        results.
+    """
+
+    methods: Sequence[str] = field(default_factory=lambda: tuple(available_scorers()))
+    saliency: Sequence[str] | None = None
+    saliency_params: Mapping[str, Mapping[str, Any]] | None = None
+    tta: Mapping[str, Any] | None = None
+    seed: int = 0
+    module: Any = None
+    batch_size: int = 32
+
+    def adapters(self) -> list[str]:
+        """The saliency adapters INFORMER runs with, in row order (checked)."""
+        methods = list(self.methods)
+        known = list(available_scorers())
+        if not methods or len(set(methods)) != len(methods) or set(methods) - set(known):
+            raise EvaluationError(f"methods must be distinct names among {known}, got {methods}")
+        names = list(self.saliency or ())
+        informer = InformerScorer.name in methods
+        if names and not informer:
             raise EvaluationError(
-                f"adapter label {label!r} must be a non-empty name (letters, digits, - and _)"
+                f"saliency adapters {names} apply to method 'informer', which methods "
+                f"{methods} leave out"
             )
-    return methods
+        if not names and informer:
+            names = ["fd"]
+        if len(set(names)) != len(names):
+            raise EvaluationError(f"saliency adapters must be distinct, got {names}")
+        for name in self.saliency_params or {}:
+            if name not in names:
+                raise EvaluationError(
+                    f"saliency parameters for adapter {name!r} were given, but the saliency "
+                    f"adapters are {names or 'none'}"
+                )
+        if self.tta and TTAScorer.name not in methods:
+            raise EvaluationError(
+                f"TTA parameter {next(iter(self.tta))!r} applies to method 'tta', which "
+                f"methods {methods} leave out"
+            )
+        return names
+
+    def scorers(self) -> dict[str, Scorer]:
+        """Row name -> scorer: ``informer_<adapter>`` per adapter, then the baselines."""
+        rows: dict[str, Scorer] = {}
+        for name in self.adapters():
+            params = dict((self.saliency_params or {}).get(name, {}))
+            takes = _init_params(name)
+            if "seed" in takes:
+                params.setdefault("seed", self.seed)
+            rows[f"{InformerScorer.name}_{name}"] = build_scorer(
+                InformerScorer.name,
+                saliency=name,
+                saliency_params=params,
+                module=self.module if "module" in takes else None,
+                batch_size=self.batch_size,
+            )
+        for method in self.methods:
+            if method == InformerScorer.name:
+                continue
+            tta = {"copies": 10, "seed": self.seed, **dict(self.tta or {})}
+            rows[method] = build_scorer(
+                method,
+                tta=tta if method == TTAScorer.name else None,
+                batch_size=self.batch_size,
+            )
+        return rows
+
+
+def _init_params(adapter: str) -> set[str]:
+    """The keyword arguments of an adapter's ``__init__`` (empty for an unknown adapter)."""
+    import inspect
+
+    cls = available_adapters().get(adapter)
+    return set(inspect.signature(cls.__init__).parameters) if cls is not None else set()
+
+
+def evaluation_cache(
+    outdir: str | Path, cache_dir: str | Path | None = None, *, use_cache: bool = True
+) -> Path | None:
+    """The score-cache folder of an evaluation: ``cache_dir``, else ``OUTDIR/cache``; ``None``
+    without a cache."""
+    if not use_cache:
+        return None
+    return Path(cache_dir) if cache_dir is not None else Path(outdir) / "cache"
+
+
+def _check_rows(scorers: Mapping[str, Scorer]) -> dict[str, Scorer]:
+    rows = dict(scorers)
+    if not rows:
+        raise EvaluationError("no methods to evaluate: give at least one scorer")
+    for row, scorer in rows.items():
+        if not row or not row.replace("-", "").replace("_", "").isalnum():
+            raise EvaluationError(
+                f"method row {row!r} must be a non-empty name (letters, digits, - and _)"
+            )
+        if not isinstance(scorer, Scorer):
+            raise EvaluationError(f"row {row!r}: expected a Scorer, got {type(scorer).__name__}")
+    return rows
 
 
 def run_evaluation(
     model: OnnxClassifier,
     calibration: LabelSet,
     test: LabelSet,
+    scorers: EvaluationPlan | Mapping[str, Scorer] | None = None,
     *,
-    methods: Sequence[str] = tuple(METHODS),
-    adapters: Mapping[str, SaliencyAdapter] | None = None,
-    tta: Mapping[str, Any] | None = None,
-    tta_batch_size: int = 32,
     cache: ScoreCache | None = None,
     grid_step: float = 0.001,
     n_bootstrap: int = 30,
-    seed: int = 0,
+    seed: int | None = None,
     images_per_chunk: int = 8,
-    on_progress: EvaluationProgress | None = None,
+    on_progress: Progress | None = None,
 ) -> EvaluationRun:
     """Score both sets with every method and evaluate (module docstring).
 
@@ -154,27 +261,22 @@ def run_evaluation(
     model : OnnxClassifier
     calibration, test : LabelSet
         Labels of the same classes, in the same order (the audited classes).
-    methods : sequence of {"informer", "entropy", "tta", "msp"}
-        Baselines appear in this order, after the INFORMER rows.
-    adapters : mapping of str to SaliencyAdapter, optional
-        INFORMER's saliency adapters by row label (``{"fd": ...}`` gives ``informer_fd``);
-        needed exactly when ``methods`` holds ``informer``.
-    tta : mapping, optional
-        TTA settings (:data:`~.audit.TTA_PARAMS`; default: 10 copies, seed 0).
-    tta_batch_size : int
-        Augmented copies per model run (does not change results).
+    scorers : EvaluationPlan or mapping of str to Scorer, optional
+        The methods compared: a plan (default :class:`EvaluationPlan`), or the scorers by row
+        name (e.g. ``{"informer_fd": InformerScorer(...), "entropy": EntropyScorer()}``).
     cache : ScoreCache, optional
         Per-image score cache shared by every run.
     grid_step : float
         Flag-threshold grid step.
     n_bootstrap : int
         Bootstrap test sets (>= 2).
-    seed : int
-        Seed of the bootstrap.
+    seed : int, optional
+        Seed of the bootstrap; default the plan's seed (0 for a mapping of scorers).
     images_per_chunk : int
         Images loaded and scored together (does not change results).
     on_progress : callable, optional
-        :data:`EvaluationProgress`.
+        :class:`~.progress.Progress`, called as ``on_progress(done, total, stage)``, e.g.
+        ``(12, 70, "test: informer_fd")``.
 
     Returns
     -------
@@ -188,8 +290,13 @@ def run_evaluation(
     LabelFormatError
         Label sets of other classes, or too few images scored (2 calibration, 1 test).
     """
-    adapters = dict(adapters or {})
-    methods = _check_methods(methods, adapters)
+    if scorers is None or isinstance(scorers, EvaluationPlan):
+        plan = scorers or EvaluationPlan()
+        row_scorers = _check_rows(plan.scorers())
+        seed = plan.seed if seed is None else seed
+    else:
+        row_scorers = _check_rows(scorers)
+        seed = 0 if seed is None else seed
     classes = list(calibration.class_names)
     if list(test.class_names) != classes:
         raise LabelFormatError(
@@ -197,29 +304,17 @@ def run_evaluation(
             f"labels ({test.source}) {list(test.class_names)}; both need the same classes"
         )
 
-    def auditor(method: str, adapter: SaliencyAdapter | None = None) -> Auditor:
-        return Auditor(
-            model,
-            adapter,
-            classes,
-            images_per_chunk=images_per_chunk,
-            method=method,
-            tta=tta if method == "tta" else None,
-            tta_batch_size=tta_batch_size,
-            cache=cache,
-        )
+    def auditor(scorer: Scorer) -> Auditor:
+        return Auditor(model, scorer, classes, images_per_chunk=images_per_chunk, cache=cache)
 
-    # One run for the probabilities (entropy and MSP are functions of them), one per saliency
-    # adapter, one for TTA. "entropy" only names the cache entry kind: the logits.
-    runs: dict[str, Auditor] = {"probabilities": auditor("entropy")}
+    # One run for the probabilities (the probability scorers are functions of them), one per
+    # other row (each saliency adapter, TTA). Its cache entries hold the logits alone.
+    runs: dict[str, Auditor] = {"probabilities": auditor(EntropyScorer())}
     rows: dict[str, Auditor] = {}
-    for label, adapter in adapters.items():
-        runs[f"informer_{label}"] = rows[f"informer_{label}"] = auditor("informer", adapter)
-    for method in methods:
-        if method == "tta":
-            runs["tta"] = rows["tta"] = auditor("tta")
-        elif method != "informer":
-            rows[method] = auditor(method)  # scored from the probabilities run
+    for row, scorer in row_scorers.items():
+        rows[row] = auditor(scorer)
+        if not isinstance(scorer, ProbabilityScorer):
+            runs[row] = rows[row]
 
     label_sets = {"calibration": calibration, "test": test}
     scored: dict[str, ScoredSet] = {}
@@ -247,11 +342,11 @@ def run_evaluation(
         n_scored[set_name] = len(keep)
         probs = np.stack([_probs(results["probabilities"][i]) for i in keep])
         scores: dict[str, NDArray[np.float64]] = {}
-        for row in rows:
+        for row, aud in rows.items():
             if row in results:
                 scores[row] = np.stack([_score(results[row][i]) for i in keep])
-            else:
-                scores[row] = probability_score(row, probs)
+            elif isinstance(aud.scorer, ProbabilityScorer):
+                scores[row] = aud.scorer.score_probabilities(probs)
         scored[set_name] = ScoredSet(y=labels.y[keep], probs=probs, scores=scores)
 
     evaluation = evaluate_methods(
@@ -262,9 +357,7 @@ def run_evaluation(
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
-    settings: dict[str, dict[str, Any]] = {}
-    for row, aud in rows.items():
-        settings[row] = aud.adapter.settings() if aud.adapter is not None else aud.method_settings()
+    settings = {row: aud.scorer.method_settings() for row, aud in rows.items()}
     calib_paths = {p.resolve() for p in calibration.paths}
     overlap = [k for k, p in zip(test.keys, test.paths, strict=True) if p.resolve() in calib_paths]
     if overlap:
@@ -291,18 +384,18 @@ def _run(
     auditor: Auditor,
     items: list[tuple[str, Path]],
     stage: str,
-    on_progress: EvaluationProgress | None,
+    on_progress: Progress | None,
 ) -> list[ImageResult]:
     total = len(items)
     done = 0
     if on_progress is not None:
-        on_progress(stage, 0, total)
+        on_progress(0, total, stage)
 
     def advance(_r: ImageResult) -> None:
         nonlocal done
         done += 1
         if on_progress is not None:
-            on_progress(stage, done, total)
+            on_progress(done, total, stage)
 
     return list(auditor.run(items, advance))
 
@@ -347,7 +440,7 @@ def write_evaluation(
     calibration_provenance: Mapping[str, Any] | None = None,
     plots: bool = True,
 ) -> list[Path]:
-    """Write the report (:func:`~.evaluation.write_report`) and one monitor file per method.
+    """Write the report (:func:`.write_evaluation_report`) and one monitor file per method.
 
     Parameters
     ----------
@@ -386,7 +479,7 @@ def write_evaluation(
         "grid_step": ev.grid_step,
         "failures": failures,
     }
-    written = write_report(ev, outdir, title=title, provenance=full, plots=plots)
+    written = write_evaluation_report(ev, outdir, title=title, provenance=full, plots=plots)
     cal_failures = [
         {"path": f.key, "error": f.error} for f in run.failures if f.image_set == "calibration"
     ]
@@ -406,9 +499,10 @@ def write_evaluation(
 
 
 __all__ = [
-    "EvaluationProgress",
+    "EvaluationPlan",
     "EvaluationRun",
     "Failure",
+    "evaluation_cache",
     "monitor_file_name",
     "run_evaluation",
     "write_evaluation",

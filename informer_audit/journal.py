@@ -45,9 +45,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from .binding import differences
 from .errors import ResumeError
 from .fileio import canonical_json, fsync_folder, plain_json, sha256_json
-from .monitor import differences
 
 if sys.platform != "win32":
     import fcntl

@@ -21,18 +21,17 @@ that holds its ground truth. The result, :class:`LabelSet`, keeps the class-map 
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 
 from .errors import LabelFormatError
+from .labeltable import LabelTable, NihLookup, detect_format, format_hint, normalise, quoted
 
 __all__ = [
     "CHEXPERT_FINDINGS",
@@ -145,6 +144,9 @@ class LabelSet:
         Number of CSV data rows dropped per reason (``"split"``, ``"lateral"``,
         ``"uncertain"``, ``"no selected finding"``); a key is present for every filter that was
         applied, even when it dropped nothing.
+    filters : dict
+        The filters asked for, as :func:`read_labels` took them: ``split``, ``uncertain``,
+        ``frontal_only``, ``require_finding`` (in this order; empty for a set built by hand).
     """
 
     source: Path
@@ -155,6 +157,7 @@ class LabelSet:
     paths: list[Path]
     y: NDArray[np.float64]
     excluded: dict[str, int]
+    filters: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A private read-only copy: a frozen label set must not change under its holders' feet.
@@ -218,7 +221,7 @@ def parse_class_map(spec: str | None, model_classes: Sequence[str]) -> dict[str,
             hint = _close_names(name, classes)
             raise LabelFormatError(
                 f"--classes {spec!r}: {name!r} is not a class of the model{hint}; "
-                f"the model's classes are: {_quoted(classes)}"
+                f"the model's classes are: {quoted(classes)}"
             )
         if name in mapping:
             raise LabelFormatError(
@@ -238,7 +241,7 @@ def parse_class_map(spec: str | None, model_classes: Sequence[str]) -> dict[str,
 def read_labels(
     csv_path: str | Path,
     images_dir: str | Path,
-    classes: Mapping[str, str],
+    classes: Mapping[str, str] | Sequence[str],
     *,
     fmt: str = "auto",
     uncertain: str = "exclude-image",
@@ -258,9 +261,10 @@ def read_labels(
         ``nih`` format, a file name missing from ``images_dir`` itself is looked up recursively
         under it (NIH ships its images in ``images_0XX/images/`` subfolders).
     classes
-        Model class -> label column (see :func:`parse_class_map`), K entries; the label set keeps
-        this order. Columns match exactly, else uniquely after normalising (lower case, only
-        letters and digits: ``"Pleural_Effusion"`` finds ``"Pleural Effusion"``).
+        Model class -> label column, K entries (e.g. from :func:`parse_class_map`), or a list of
+        K model classes whose label columns have their names; the label set keeps this order.
+        Columns match exactly, else uniquely after normalising (lower case, only letters and
+        digits: ``"Pleural_Effusion"`` finds ``"Pleural Effusion"``).
     fmt
         One of :data:`LABEL_FORMATS`.
     uncertain
@@ -293,26 +297,23 @@ def read_labels(
     """
     if fmt not in LABEL_FORMATS:
         raise LabelFormatError(
-            f"label format {fmt!r} is not known; expected one of {_quoted(LABEL_FORMATS)}"
+            f"label format {fmt!r} is not known; expected one of {quoted(LABEL_FORMATS)}"
         )
     if uncertain not in UNCERTAIN_POLICIES:
         raise LabelFormatError(
             f"uncertain-label policy {uncertain!r} is not known; expected one of "
-            f"{_quoted(UNCERTAIN_POLICIES)}"
+            f"{quoted(UNCERTAIN_POLICIES)}"
         )
-    if not classes:
-        raise LabelFormatError(
-            f"{csv_path}: no classes selected; expected at least one model class -> label column"
-        )
+    classes = _class_map(classes, csv_path)
     images_root = Path(images_dir)
-    table = _Table.read(Path(csv_path))
-    detected = _detect_format(table.names)
+    table = LabelTable.read(Path(csv_path))
+    detected = detect_format(table.names)
     used = detected if fmt == "auto" else fmt
     if used == "nih" and table.find("Finding Labels") is None:
         raise LabelFormatError(
             f"{table.source}: format 'nih' needs the NIH Data_Entry_2017 columns 'Image Index' "
-            f"and 'Finding Labels'; found columns: {_quoted(table.names)}"
-            f"{_format_hint(detected, used)}"
+            f"and 'Finding Labels'; found columns: {quoted(table.names)}"
+            f"{format_hint(detected, used)}"
         )
 
     path_pos = _path_column(table, used, path_column, detected)
@@ -386,86 +387,40 @@ def read_labels(
         paths=paths,
         y=y,
         excluded=excluded,
+        filters={
+            "split": split,
+            "uncertain": uncertain,
+            "frontal_only": frontal_only,
+            "require_finding": require_finding,
+        },
     )
 
 
-class _Table:
-    """A CSV read as text: header names plus cells addressed by column position.
-
-    Columns are addressed by position so that a repeated header name is only an error when that
-    name is actually used.
-    """
-
-    def __init__(self, source: Path, names: list[str], frame: pd.DataFrame) -> None:
-        self.source = source
-        self.names = names
-        self._frame = frame
-        self.n_rows = len(frame)
-
-    @classmethod
-    def read(cls, source: Path) -> _Table:
-        expect = "expected a CSV file with a header row and at least one data row"
-        if not source.exists():
-            raise LabelFormatError(f"{source}: labels file not found; {expect}")
-        if not source.is_file():
-            raise LabelFormatError(f"{source}: not a file; {expect}")
-        try:
-            # header=None keeps repeated header names apart (pandas would rename them silently).
-            raw = pd.read_csv(
-                source, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig"
-            )
-        except pd.errors.EmptyDataError as exc:
-            raise LabelFormatError(f"{source}: the file is empty; {expect}") from exc
-        except (ValueError, UnicodeError) as exc:  # pandas' ParserError is a ValueError
-            raise LabelFormatError(f"{source}: cannot be parsed as CSV ({exc}); {expect}") from exc
-        except OSError as exc:
-            raise LabelFormatError(f"{source}: cannot be read ({exc}); {expect}") from exc
-        # Rows shorter than the header come back as NaN: treat those cells as blank.
-        raw = raw.fillna("")
-        names = [str(v).strip() for v in raw.iloc[0].tolist()]
-        frame = raw.iloc[1:].reset_index(drop=True)
-        if frame.empty:
-            raise LabelFormatError(f"{source}: the file has a header but no data rows; {expect}")
-        return cls(source, names, frame)
-
-    def find(self, name: str) -> int | None:
-        """Position of column ``name``: exact match, else a unique case-insensitive one."""
-        exact = [i for i, n in enumerate(self.names) if n == name]
-        if not exact:
-            exact = [i for i, n in enumerate(self.names) if n.casefold() == name.casefold()]
-        if len(exact) > 1:
+def _class_map(classes: Mapping[str, str] | Sequence[str], csv_path: str | Path) -> dict[str, str]:
+    """``classes`` as model class -> label column; a list maps each class to its own name."""
+    if isinstance(classes, str):
+        raise LabelFormatError(
+            f"classes must be a mapping (model class -> label column) or a list of model "
+            f"classes, got the string {classes!r} (parse_class_map reads the command-line form)"
+        )
+    if isinstance(classes, Mapping):
+        mapping = {str(k): str(v) for k, v in classes.items()}
+    else:
+        names = [str(c) for c in classes]
+        repeated = sorted({c for c in names if names.count(c) > 1})
+        if repeated:
             raise LabelFormatError(
-                f"{self.source}: column {name!r} appears {len(exact)} times in the header "
-                f"({_quoted(self.names[i] for i in exact)}); expected it once"
+                f"classes {names}: {quoted(repeated)} given twice; expected each class once"
             )
-        return exact[0] if exact else None
-
-    def cells(self, pos: int, rows: NDArray[np.intp]) -> NDArray[np.object_]:
-        """Stripped text of column ``pos`` at data rows ``rows`` (0-based), shape (len(rows),)."""
-        column = self._frame.iloc[:, pos].tolist()
-        return np.array([str(column[r]).strip() for r in rows], dtype=object).reshape(-1)
-
-    def where(self, row: int, key: str | None = None) -> str:
-        """Human reference to 0-based data row ``row``: 1-based data row number and path."""
-        return f"data row {row + 1}" + (f" (path {key!r})" if key else "")
+        mapping = {c: c for c in names}
+    if not mapping:
+        raise LabelFormatError(
+            f"{csv_path}: no classes selected; expected at least one model class -> label column"
+        )
+    return mapping
 
 
-def _detect_format(names: Sequence[str]) -> str:
-    present = set(names)
-    if {"Image Index", "Finding Labels"} <= present:
-        return "nih"
-    if {"Path", "Frontal/Lateral"} <= present:
-        return "chexpert"
-    return "plain"
-
-
-def _format_hint(detected: str, used: str) -> str:
-    if detected == used:
-        return ""
-    return f" (the columns look like the {detected!r} format)"
-
-
-def _path_column(table: _Table, used: str, path_column: str | None, detected: str) -> int:
+def _path_column(table: LabelTable, used: str, path_column: str | None, detected: str) -> int:
     if path_column is not None:
         wanted: tuple[str, ...] = (path_column,)
     elif used == "nih":
@@ -481,12 +436,12 @@ def _path_column(table: _Table, used: str, path_column: str | None, detected: st
     raise LabelFormatError(
         f"{table.source}: no image-path column for the {used!r} format; expected a column named "
         f"{' or '.join(repr(w) for w in wanted)} (any case), found columns: "
-        f"{_quoted(table.names)}{_format_hint(detected, used)}"
+        f"{quoted(table.names)}{format_hint(detected, used)}"
     )
 
 
 def _label_columns(
-    table: _Table,
+    table: LabelTable,
     used: str,
     classes: Mapping[str, str],
     path_pos: int,
@@ -505,14 +460,14 @@ def _label_columns(
             skip |= {table.find(name) for name in _CHEXPERT_METADATA}
         candidates = [(n, i) for i, n in enumerate(table.names) if i not in skip and n]
         kind = "label column"
-    available = _quoted(n for n, _ in candidates)
+    available = quoted(n for n, _ in candidates)
     names: list[str] = []
     positions: list[int] = []
     for class_name, requested in classes.items():
         hits = [(n, i) for n, i in candidates if n == requested]
         if not hits:
-            key = _normalise(requested)
-            hits = [(n, i) for n, i in candidates if _normalise(n) == key]
+            key = normalise(requested)
+            hits = [(n, i) for n, i in candidates if normalise(n) == key]
         if not hits:
             raise LabelFormatError(
                 f"{table.source}: no {kind} for model class {class_name!r} (requested "
@@ -526,7 +481,7 @@ def _label_columns(
         if len(hits) > 1:
             raise LabelFormatError(
                 f"{table.source}: {len(hits)} {kind}s match {requested!r} for model class "
-                f"{class_name!r}: {_quoted(n for n, _ in hits)}; expected exactly one (name the "
+                f"{class_name!r}: {quoted(n for n, _ in hits)}; expected exactly one (name the "
                 "column exactly)"
             )
         names.append(hits[0][0])
@@ -535,7 +490,7 @@ def _label_columns(
 
 
 def _filter_split(
-    table: _Table,
+    table: LabelTable,
     split: str,
     split_pos: int | None,
     rows: NDArray[np.intp],
@@ -544,21 +499,21 @@ def _filter_split(
     if split_pos is None:
         raise LabelFormatError(
             f"{table.source}: split {split!r} was requested but there is no 'split' column; "
-            f"found columns: {_quoted(table.names)}"
+            f"found columns: {quoted(table.names)}"
         )
     values = table.cells(split_pos, rows)
     keep = values == split.strip()
     if not keep.any():
         present = sorted(set(values.tolist()))
         raise LabelFormatError(
-            f"{table.source}: no row has split {split!r}; split values present: {_quoted(present)}"
+            f"{table.source}: no row has split {split!r}; split values present: {quoted(present)}"
         )
     excluded["split"] = int(np.count_nonzero(~keep))
     return rows[keep]
 
 
 def _resolve_paths(
-    table: _Table,
+    table: LabelTable,
     used: str,
     images_dir: Path,
     keys: NDArray[np.object_],
@@ -572,7 +527,7 @@ def _resolve_paths(
             )
     if used != "nih":
         return [images_dir / key for key in keys]  # an absolute key replaces images_dir
-    lookup = _NihLookup(images_dir)
+    lookup = NihLookup(images_dir)
     resolved = []
     for key, row in zip(keys, rows, strict=True):
         try:
@@ -582,47 +537,7 @@ def _resolve_paths(
     return resolved
 
 
-class _NihLookup:
-    """Finds NIH file names directly in ``root`` or, failing that, anywhere below it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._index: dict[str, list[Path]] | None = None
-
-    def resolve(self, key: str) -> Path:
-        direct = self.root / key
-        if direct.is_file():
-            return direct
-        if self._index is None:
-            self._index = self._build()
-        hits = self._index.get(Path(key).name, [])
-        if len(hits) > 1:
-            raise LabelFormatError(
-                f"the file name {Path(key).name!r} occurs {len(hits)} times under {self.root} "
-                f"({_quoted(str(h) for h in hits)}); expected it once (point the images folder "
-                "at one copy)"
-            )
-        # Not found: keep the direct path, so the image stage records it as missing.
-        return hits[0] if hits else direct
-
-    def _build(self) -> dict[str, list[Path]]:
-        index: dict[str, list[Path]] = {}
-        seen: set[str] = set()
-        # Links are followed (image folders are often linked in), with a guard against cycles.
-        for folder, subfolders, files in os.walk(self.root, followlinks=True):
-            real = os.path.realpath(folder)
-            if real in seen:
-                subfolders[:] = []
-                continue
-            seen.add(real)
-            subfolders.sort()
-            for name in sorted(files):
-                index.setdefault(name, []).append(Path(folder) / name)
-        logger.debug("indexed %d file names under %s", len(index), self.root)
-        return index
-
-
-def _check_duplicates(table: _Table, paths: Sequence[Path], rows: NDArray[np.intp]) -> None:
+def _check_duplicates(table: LabelTable, paths: Sequence[Path], rows: NDArray[np.intp]) -> None:
     first_rows: dict[Path, list[int]] = {}
     for path, row in zip(paths, rows, strict=True):
         first_rows.setdefault(path, []).append(int(row) + 1)
@@ -638,7 +553,7 @@ def _check_duplicates(table: _Table, paths: Sequence[Path], rows: NDArray[np.int
         )
 
 
-def _frontal_mask(table: _Table, used: str, rows: NDArray[np.intp]) -> NDArray[np.bool_]:
+def _frontal_mask(table: LabelTable, used: str, rows: NDArray[np.intp]) -> NDArray[np.bool_]:
     if used == "nih":
         wanted: tuple[str, ...] = ("View Position",)
     elif used == "chexpert":
@@ -649,14 +564,14 @@ def _frontal_mask(table: _Table, used: str, rows: NDArray[np.intp]) -> NDArray[n
     if pos is None:
         raise LabelFormatError(
             f"{table.source}: frontal-only needs a view column ({' or '.join(map(repr, wanted))}) "
-            f"with values Frontal, PA or AP; found columns: {_quoted(table.names)}"
+            f"with values Frontal, PA or AP; found columns: {quoted(table.names)}"
         )
     views = table.cells(pos, rows)
     return np.array([v.lower() in _FRONTAL_VIEWS for v in views], dtype=bool).reshape(-1)
 
 
 def _cell_values(
-    table: _Table,
+    table: LabelTable,
     rows: NDArray[np.intp],
     keys: NDArray[np.object_],
     pos: int,
@@ -694,7 +609,7 @@ def _cell_values(
 
 
 def _nih_values(
-    table: _Table, rows: NDArray[np.intp], findings: Sequence[str]
+    table: LabelTable, rows: NDArray[np.intp], findings: Sequence[str]
 ) -> NDArray[np.float64]:
     """0/1 per NIH finding from ``Finding Labels``, shape (len(rows), len(findings))."""
     pos = table.find("Finding Labels")
@@ -717,7 +632,7 @@ def _nih_values(
             "%s: 'Finding Labels' holds %d findings that are not NIH findings: %s",
             table.source,
             len(unknown),
-            _quoted(f"{t} ({n}x)" for t, n in unknown.most_common(_LISTED)),
+            quoted(f"{t} ({n}x)" for t, n in unknown.most_common(_LISTED)),
         )
     y = np.array(
         [[1.0 if f in tokens else 0.0 for f in findings] for tokens in token_sets],
@@ -726,15 +641,7 @@ def _nih_values(
     return y.reshape(len(cells), len(findings))
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[\W_]+", "", name.casefold())
-
-
 def _close_names(name: str, choices: Sequence[str]) -> str:
-    key = _normalise(name)
-    close = [c for c in choices if _normalise(c) == key]
-    return f" (did you mean {_quoted(close)}?)" if close else ""
-
-
-def _quoted(items: Iterable[str]) -> str:
-    return ", ".join(repr(str(i)) for i in items)
+    key = normalise(name)
+    close = [c for c in choices if normalise(c) == key]
+    return f" (did you mean {quoted(close)}?)" if close else ""

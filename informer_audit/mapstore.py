@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .binding import check_binding
 from .errors import MapStoreError, MonitorMismatchError
 from .fileio import atomic_write_text
-from .monitor import check_binding
 from .paths import printable, safe_child
 
 logger = logging.getLogger(__name__)

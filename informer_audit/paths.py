@@ -26,6 +26,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -285,6 +286,27 @@ def _unwritable(folder: Path) -> str:
     except OSError:
         pass
     return ""
+
+
+@dataclass
+class RunPaths:
+    """A run's inputs and outputs by parameter, in one place, for :func:`check_outputs`.
+
+    Attributes
+    ----------
+    inputs, input_dirs, outputs, output_dirs : dict
+        As :func:`check_outputs` takes them (``None`` values are skipped).
+    """
+
+    inputs: dict[str, Any] = field(default_factory=dict)
+    input_dirs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    output_dirs: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, more_inputs: Mapping[str, Any] | None = None) -> None:
+        """Add ``more_inputs`` (e.g. a model's external data once it is loaded) and check."""
+        self.inputs.update(more_inputs or {})
+        check_outputs(self.inputs, self.input_dirs, self.outputs, self.output_dirs)
 
 
 def write_outputs(writes: Sequence[tuple[str, Path, Callable[[Path], Any]]]) -> list[Any]:

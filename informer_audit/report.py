@@ -21,21 +21,19 @@ Maps come, per shown image, from a maps folder written by ``flag --save-maps``
 given (with the monitor's saliency settings). A baseline monitor (entropy, TTA, MSP) has no maps:
 its gallery shows the image, the probabilities and the method's score.
 
-Plots are matplotlib ``Figure`` objects on the Agg backend (no pyplot state), saved without the
-``Software`` PNG entry; overlays are composed with numpy and Pillow. The page has no timestamp:
-the same inputs give byte-identical files.
+The flags CSV is read by :mod:`.flagsfile`, the pictures are drawn by :mod:`.report_figures`;
+this module picks what to show and assembles the page. The page has no timestamp: the same
+inputs give byte-identical files.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,281 +42,35 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import __version__
-from .audit import Auditor, ImageResult, matrix_columns
-from .errors import (
-    FlagsFormatError,
-    ImageReadError,
-    MonitorMismatchError,
-    ReportError,
-)
-from .evaluation import SwapMetrics, swap_metrics
-from .fileio import atomic_write_bytes, atomic_write_text, content_sha256
-from .images import load_image, resize, to_channels
+from .audit import Auditor, ImageResult
+from .binding import check_binding
+from .errors import MonitorMismatchError, ReportError
+from .fileio import atomic_write_text, content_sha256
+from .flagsfile import FlagRow, FlagsTable, check_flags_against_monitor, read_flags_csv, score_name
 from .labels import LabelSet
 from .mapstore import MapStore
+from .metrics import SwapMetrics, swap_metrics
 from .model import OnnxClassifier
-from .monitor import FlagMonitor, check_binding, load_monitor
+from .monitor import FlagMonitor
+from .monitorfile import load_monitor
 from .paths import safe_child
-from .saliency import adapter_from_settings
+from .progress import Progress
+from .report_figures import (
+    ASSETS,
+    Assets,
+    Pictures,
+    colorbar_png,
+    dist_cells,
+    draw_card,
+    score_histogram,
+)
+from .scorers import scorer_from_binding
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[str, int, int], None]
-"""Called as ``progress(stage, done, total)``; stages ``"maps"`` and ``"images"``."""
-
 TEMPLATE = "report.html.j2"
-ASSETS = "assets"
-TILE = 192
-"""Longest side, in pixels, of the image and overlay tiles."""
-OVERLAY_ALPHA = 0.8
-"""Opacity of the colour map where a class map reaches its largest absolute value."""
-MAP_CMAP = "RdBu_r"
-"""Diverging colour map of the class maps: blue negative, white 0, red positive."""
-DIST_CMAP = "viridis"
-"""Colour map of the K x K cosine distances, on [0, 2]."""
-SCORE_NAMES = ("d", "entropy", "tta", "msp")
 
-_ASSET_NAME = re.compile(r"^[a-z][a-z0-9_]*\.png$")
 _STALE = re.compile(r"^(img_\d+|map_\d+_\d+|hist_\d+|colorbar)\.png$")
-_FLAGGED = "#d95f02"
-_UNFLAGGED = "#9e9e9e"
-
-
-# -- the flags CSV ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FlagRow:
-    """One row of a flags CSV.
-
-    Attributes
-    ----------
-    row : int
-        1-based data row number (the header is row 0).
-    key : str
-        The ``path`` cell, exactly as written.
-    ok : bool
-        ``status`` is ``ok``; otherwise ``failed`` with the reason in ``error``.
-    probs, score : ndarray, shape (K,), float64
-        Probabilities and the monitor's raw score (NaN for a failed row).
-    pred, flag, audited : ndarray, shape (K,), bool
-    dist : ndarray, shape (K, K), or None
-        Cosine distances, when the CSV has the ``dist_A|B`` columns (``--with-matrix``).
-    """
-
-    row: int
-    key: str
-    ok: bool
-    error: str
-    probs: NDArray[np.float64]
-    score: NDArray[np.float64]
-    pred: NDArray[np.bool_]
-    flag: NDArray[np.bool_]
-    audited: NDArray[np.bool_]
-    dist: NDArray[np.float64] | None = None
-
-
-@dataclass(frozen=True)
-class FlagsTable:
-    """A flags CSV, read and checked.
-
-    Attributes
-    ----------
-    source : Path
-    classes : list of str, length K
-        The audited classes, in column order.
-    score_name : str
-        Prefix of the score columns: ``d`` (INFORMER) or the baseline's name.
-    rows : list of FlagRow, length N
-    """
-
-    source: Path
-    classes: list[str]
-    score_name: str
-    rows: list[FlagRow]
-
-    @property
-    def ok_rows(self) -> list[FlagRow]:
-        return [r for r in self.rows if r.ok]
-
-    @property
-    def failed_rows(self) -> list[FlagRow]:
-        return [r for r in self.rows if not r.ok]
-
-
-def read_flags_csv(path: str | Path, score_name: str | None = None) -> FlagsTable:
-    """Read a flags CSV written by ``flag``.
-
-    Parameters
-    ----------
-    path
-        The CSV: ``path, status, error``, then per class ``prob_C, pred_C, <score>_C, flag_C,
-        audited_C``, optionally the ``dist_A|B`` columns.
-    score_name
-        The expected score prefix (``d``, ``entropy``, ``tta``, ``msp``); ``None`` detects it.
-
-    Raises
-    ------
-    FlagsFormatError
-        The file is missing or not UTF-8 CSV, a required column is missing, or a cell holds a
-        value ``flag`` never writes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FlagsFormatError(f"{path}: flags CSV not found")
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise FlagsFormatError(f"{path}: cannot read as a UTF-8 CSV: {exc}") from exc
-    if not rows:
-        raise FlagsFormatError(f"{path}: empty file; expected the flags CSV written by flag")
-    header = rows[0]
-    expected = "path, status, error, then per class prob_C, pred_C, d_C, flag_C, audited_C"
-    missing = [c for c in ("path", "status", "error") if c not in header]
-    classes = [c[len("flag_") :] for c in header if c.startswith("flag_")]
-    if missing or not classes:
-        what = f"missing column(s) {missing}" if missing else "no flag_<class> columns"
-        raise FlagsFormatError(
-            f"{path}: not a flags CSV ({what}); expected the columns {expected}; found "
-            f"{header[:8]}{' ...' if len(header) > 8 else ''}"
-        )
-    if score_name is None:
-        found = [s for s in SCORE_NAMES if f"{s}_{classes[0]}" in header]
-        score_name = found[0] if len(found) == 1 else "d"
-    col = {name: i for i, name in enumerate(header)}
-    needed = [
-        f"{prefix}_{c}"
-        for c in classes
-        for prefix in ("prob", "pred", score_name, "flag", "audited")
-    ]
-    absent = [c for c in needed if c not in col]
-    if absent:
-        raise FlagsFormatError(
-            f"{path}: missing column(s) {absent[:6]}{' ...' if len(absent) > 6 else ''} for the "
-            f"classes {classes} (score columns '{score_name}_C'); expected {expected}"
-        )
-    pairs = matrix_columns(classes)
-    with_matrix = any(c.startswith("dist_") for c in header)
-    if with_matrix and any(c not in col for c in pairs):
-        raise FlagsFormatError(
-            f"{path}: incomplete distance matrix columns; expected all of {pairs}"
-        )
-    parsed = [
-        _parse_row(path, i, cells, col, classes, score_name, pairs if with_matrix else None)
-        for i, cells in enumerate(rows[1:], start=1)
-        if cells  # csv yields [] for a blank line
-    ]
-    return FlagsTable(path, classes, score_name, parsed)
-
-
-def _parse_row(
-    path: Path,
-    row: int,
-    cells: list[str],
-    col: Mapping[str, int],
-    classes: Sequence[str],
-    score_name: str,
-    pairs: Sequence[str] | None,
-) -> FlagRow:
-    where = f"{path}, data row {row}"
-    if len(cells) != len(col):
-        raise FlagsFormatError(f"{where}: {len(cells)} cells, expected {len(col)} (the header's)")
-    key, status, error = cells[col["path"]], cells[col["status"]], cells[col["error"]]
-    if not key:
-        raise FlagsFormatError(f"{where}: the path is blank")
-    k = len(classes)
-    nan = np.full(k, np.nan)
-    no = np.zeros(k, dtype=bool)
-    if status == "failed":
-        return FlagRow(row, key, False, error or "failed (no reason given)", nan, nan, no, no, no)
-    if status != "ok":
-        raise FlagsFormatError(f"{where}: status {status!r}; expected 'ok' or 'failed'")
-
-    def number(name: str) -> float:
-        text = cells[col[name]]
-        try:
-            value = float(text)
-        except ValueError:
-            raise FlagsFormatError(f"{where}: {name} is {text!r}; expected a number") from None
-        if not math.isfinite(value):
-            raise FlagsFormatError(f"{where}: {name} is {text!r}; expected a finite number")
-        return value
-
-    def bit(name: str) -> bool:
-        text = cells[col[name]]
-        if text not in ("0", "1"):
-            raise FlagsFormatError(f"{where}: {name} is {text!r}; expected 0 or 1")
-        return text == "1"
-
-    probs = np.array([number(f"prob_{c}") for c in classes])
-    score = np.array([number(f"{score_name}_{c}") for c in classes])
-    pred = np.array([bit(f"pred_{c}") for c in classes])
-    flag = np.array([bit(f"flag_{c}") for c in classes])
-    audited = np.array([bit(f"audited_{c}") for c in classes])
-    if (audited != (pred ^ flag)).any():
-        j = int(np.flatnonzero(audited != (pred ^ flag))[0])
-        raise FlagsFormatError(
-            f"{where}: audited_{classes[j]} must be pred_{classes[j]} with flagged predictions "
-            "swapped (pred XOR flag)"
-        )
-    dist = None
-    if pairs is not None:
-        dist = np.zeros((k, k))
-        upper = np.triu_indices(k, 1)
-        dist[upper] = [number(p) for p in pairs]
-        dist = dist + dist.T
-    return FlagRow(row, key, True, "", probs, score, pred, flag, audited, dist)
-
-
-def check_flags_against_monitor(
-    table: FlagsTable,
-    monitor: FlagMonitor,
-    *,
-    monitor_source: str = "monitor",
-) -> None:
-    """Refuse a flags CSV that another monitor (classes, method or thresholds) wrote.
-
-    Predictions and flags are recomputed from the CSV's probabilities and scores with the
-    monitor's thresholds; values within rounding of a threshold (the CSV keeps 8 significant
-    digits) are given the benefit of the doubt.
-
-    Raises
-    ------
-    MonitorMismatchError
-    """
-    where = f"{table.source} does not fit {monitor_source}"
-    if table.classes != monitor.class_names_:
-        raise MonitorMismatchError(
-            f"{where}: the CSV audits the classes {table.classes}, the monitor was fitted for "
-            f"{monitor.class_names_}"
-        )
-    expected = "d" if monitor.method == "informer" else monitor.method
-    if table.score_name != expected:
-        raise MonitorMismatchError(
-            f"{where}: the CSV has '{table.score_name}_C' score columns, a {monitor.method!r} "
-            f"monitor flags on '{expected}_C'"
-        )
-    t, tau = monitor.prediction_thresholds_, monitor.flag_thresholds_
-    for r in table.ok_rows:
-        pred = monitor.predict(r.probs[None])[0]
-        flag = monitor.flag(r.score[None])[0]
-        near_t = np.abs(r.probs - t) <= 1e-7 * np.maximum(1.0, np.abs(t))
-        near_tau = np.abs(r.score - tau) <= 1e-7 * np.maximum(1.0, np.abs(tau))
-        bad_pred = (pred != r.pred) & ~near_t
-        bad_flag = (flag != r.flag) & ~near_tau
-        if bad_pred.any() or bad_flag.any():
-            j = int(np.flatnonzero(bad_pred | bad_flag)[0])
-            c = table.classes[j]
-            detail = (
-                f"pred_{c} is {int(r.pred[j])} but prob_{c} = {r.probs[j]:.6g} and the "
-                f"monitor's prediction threshold is {t[j]:.6g}"
-                if bad_pred[j]
-                else f"flag_{c} is {int(r.flag[j])} but {expected}_{c} = {r.score[j]:.6g} and "
-                f"the monitor's tau is {tau[j]:.6g}"
-            )
-            raise MonitorMismatchError(
-                f"{where}: data row {r.row} ({r.key!r}): {detail}. Was the CSV written with "
-                "another monitor?"
-            )
 
 
 # -- images -------------------------------------------------------------------------------------
@@ -346,205 +98,6 @@ def resolve_image(key: str, csv_dir: Path, images_root: Path | None) -> Path | N
         if candidate.is_file():
             return candidate
     return None
-
-
-def model_view(path: Path, image_size: Sequence[int]) -> NDArray[np.float32]:
-    """The image as the model sees it, in grey: shape (H, W) of the model input, 8-bit scale."""
-    h, w = int(image_size[0]), int(image_size[1])
-    return resize(to_channels(load_image(path), 1), (h, w))[:, :, 0]
-
-
-def map_to_pixels(
-    class_map: NDArray[np.floating], image_size: Sequence[int], patch_size: int | None = None
-) -> NDArray[np.float64]:
-    """One class map on the model's input pixel grid.
-
-    Parameters
-    ----------
-    class_map : ndarray, shape (gh, gw), (H, W) or (C, H, W)
-        A patch map (FD), a pixel map (LIME) or a per-channel map (exact gradients; summed over
-        the channels).
-    image_size : (H, W)
-    patch_size : int, optional
-        The FD patch side: patch (r, q) covers rows ``r*s:(r+1)*s`` and columns
-        ``q*s:(q+1)*s``. Without it, a patch grid is spread evenly over the pixels.
-
-    Returns
-    -------
-    ndarray, shape (H, W), float64
-    """
-    m = np.asarray(class_map, dtype=np.float64)
-    if m.ndim == 3:
-        m = m.sum(axis=0)
-    if m.ndim != 2:
-        raise ValueError(f"expected a class map of 2 or 3 dimensions, got shape {m.shape}")
-    h, w = int(image_size[0]), int(image_size[1])
-    gh, gw = m.shape
-    if (gh, gw) == (h, w):
-        return m
-    s = patch_size
-    if s and (gh, gw) == (-(-h // s), -(-w // s)):
-        return np.repeat(np.repeat(m, s, axis=0), s, axis=1)[:h, :w]
-    rows = np.arange(h) * gh // h
-    cols = np.arange(w) * gw // w
-    return m[rows][:, cols]
-
-
-def _tile_size(image_size: Sequence[int]) -> tuple[int, int]:
-    h, w = int(image_size[0]), int(image_size[1])
-    f = TILE / max(h, w)
-    return max(1, round(h * f)), max(1, round(w * f))
-
-
-def grey_tile(view: NDArray[np.floating], size: tuple[int, int]) -> NDArray[np.float64]:
-    """(H, W) grey image on the 8-bit scale -> (h, w) display tile in [0, 1] (bilinear)."""
-    from PIL import Image
-
-    img = Image.fromarray(np.ascontiguousarray(view, dtype=np.float32))
-    tile = np.asarray(img.resize((size[1], size[0]), Image.Resampling.BILINEAR), np.float64)
-    return np.clip(tile / 255.0, 0.0, 1.0)
-
-
-def overlay(
-    grey: NDArray[np.floating], pixels: NDArray[np.floating], cmap: Any
-) -> NDArray[np.uint8]:
-    """A class map over a grey tile, in a diverging colour map centred at 0.
-
-    Parameters
-    ----------
-    grey : ndarray, shape (h, w), values in [0, 1]
-    pixels : ndarray, shape (H, W)
-        The class map on the model's pixel grid; nearest-neighbour upsampled to (h, w).
-    cmap : matplotlib colormap
-
-    Returns
-    -------
-    ndarray, shape (h, w, 3), uint8
-        Limits are symmetric, +-max|map|; the colour's opacity grows with |map| (0 at 0, up to
-        :data:`OVERLAY_ALPHA`), so the image stays visible where the map is near 0.
-    """
-    h, w = grey.shape
-    ph, pw = pixels.shape
-    m = pixels[(np.arange(h) * ph // h)][:, (np.arange(w) * pw // w)]
-    lim = float(np.abs(m).max()) if m.size else 0.0
-    t = m / lim if lim > 0 else np.zeros_like(m)
-    # Half precision, as saved maps are stored: saved and recomputed maps look the same.
-    t = t.astype(np.float16).astype(np.float64)
-    rgb = np.asarray(cmap((t + 1.0) / 2.0))[:, :, :3]
-    alpha = (OVERLAY_ALPHA * np.abs(t))[:, :, None]
-    out = grey[:, :, None] * (1.0 - alpha) + rgb * alpha
-    return np.asarray(np.clip(np.rint(out * 255.0), 0, 255), dtype=np.uint8)
-
-
-def _png_array(array: NDArray[np.uint8]) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-# -- plots --------------------------------------------------------------------------------------
-def _figure_png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    # No "Software" entry (it carries the matplotlib version): same inputs, same bytes.
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    return buf.getvalue()
-
-
-def score_histogram(
-    scores: NDArray[np.floating],
-    flagged: NDArray[np.bool_],
-    tau: float,
-    *,
-    direction: str,
-    label: str,
-) -> bytes:
-    """Histogram of one class's score over the scored images, tau marked, as PNG bytes.
-
-    Parameters
-    ----------
-    scores : ndarray, shape (N,)
-    flagged : ndarray, shape (N,), bool
-    tau : float
-    direction : {"below", "above"}
-        Which side of tau is flagged (shaded).
-    label : str
-        x-axis label (plain text; no class names, which could hold mathtext).
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    s = np.asarray(scores, dtype=np.float64)
-    lo = min(float(s.min()) if s.size else 0.0, tau)
-    hi = max(float(s.max()) if s.size else 1.0, tau)
-    pad = 0.05 * (hi - lo) if hi > lo else 0.5
-    edges = [float(v) for v in np.linspace(lo - pad, hi + pad, 25)]
-    fig = Figure(figsize=(4.6, 2.5))
-    ax = fig.add_subplot(1, 1, 1)
-    if direction == "below":
-        ax.axvspan(edges[0], tau, color=_FLAGGED, alpha=0.08, lw=0)
-    else:
-        ax.axvspan(tau, edges[-1], color=_FLAGGED, alpha=0.08, lw=0)
-    ax.hist(
-        [s[~flagged], s[flagged]],
-        bins=edges,
-        stacked=True,
-        color=[_UNFLAGGED, _FLAGGED],
-        label=[f"not flagged ({int((~flagged).sum())})", f"flagged ({int(flagged.sum())})"],
-    )
-    ax.axvline(tau, color="#b2182b", ls="--", lw=1.5, label=f"τ = {tau:.3f}")
-    ax.set_xlim(edges[0], edges[-1])
-    ax.set_xlabel(label)
-    ax.set_ylabel("images")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=7, frameon=False, ncol=3, loc="lower left", bbox_to_anchor=(0.0, 1.0))
-    fig.tight_layout()
-    return _figure_png(fig)
-
-
-def colorbar_png() -> bytes:
-    """The legend of the overlays: the diverging colour map from -max|S_k| to +max|S_k|."""
-    from matplotlib import colormaps
-    from matplotlib.colorbar import ColorbarBase
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.6, 0.62))
-    ax = fig.add_axes((0.12, 0.55, 0.76, 0.3))
-    bar = ColorbarBase(
-        ax, cmap=colormaps[MAP_CMAP], norm=Normalize(-1, 1), orientation="horizontal"
-    )
-    bar.set_ticks([-1, 0, 1])
-    bar.set_ticklabels(["-max |S_k|", "0", "+max |S_k|"])
-    ax.tick_params(labelsize=7)
-    return _figure_png(fig)
-
-
-def _dist_cells(dist: NDArray[np.float64]) -> list[list[dict[str, str]]]:
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-
-    cmap = colormaps[DIST_CMAP]
-    out = []
-    for a in range(dist.shape[0]):
-        row = []
-        for b in range(dist.shape[1]):
-            v = float(dist[a, b])
-            rgba = cmap(min(max(v / 2.0, 0.0), 1.0))
-            luminance = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
-            if a == b:  # d_kk = 0 by definition: no colour
-                row.append({"text": "", "bg": "#eeeeee", "fg": "#000000"})
-                continue
-            row.append(
-                {
-                    "text": f"{v:.2f}",
-                    "bg": to_hex(rgba),
-                    "fg": "#000000" if luminance > 0.5 else "#ffffff",
-                }
-            )
-        out.append(row)
-    return out
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -620,13 +173,6 @@ def _require_libraries() -> None:
         )
 
 
-def _asset_path(outdir: Path, name: str) -> Path:
-    """``OUTDIR/assets/NAME`` for a generated name (row numbers and class indices only)."""
-    if not _ASSET_NAME.match(name):
-        raise ReportError(f"refusing asset name {name!r}: not a generated name")
-    return safe_child(outdir, f"{ASSETS}/{name}")
-
-
 def _fmt(v: float, digits: int = 3) -> str:
     return "–" if not math.isfinite(v) else f"{v:.{digits}f}"
 
@@ -690,7 +236,7 @@ def build_report(
     maps_dir: str | Path | None = None,
     max_gallery: int = 60,
     n_contrast: int = 8,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> ReportSummary:
     """Write the HTML report of a flag run to ``outdir``.
 
@@ -716,7 +262,7 @@ def build_report(
         Flagged images shown (the most strongly flagged first), unflagged images shown (evenly
         spread over the CSV).
     progress
-        ``progress(stage, done, total)``.
+        ``progress(done, total, stage)``, stages ``"maps"`` and ``"images"``.
 
     Returns
     -------
@@ -729,8 +275,9 @@ def build_report(
     _require_libraries()
     flags_csv, monitor_path, outdir = Path(flags_csv), Path(monitor_path), Path(outdir)
     root = Path(images_root) if images_root is not None else None
-    monitor, binding, calibration = load_monitor(monitor_path)
-    table = read_flags_csv(flags_csv, "d" if monitor.method == "informer" else monitor.method)
+    loaded = load_monitor(monitor_path)
+    monitor, binding, calibration = loaded.monitor, loaded.binding, loaded.calibration
+    table = read_flags_csv(flags_csv, score_name(monitor.method))
     check_flags_against_monitor(table, monitor, monitor_source=str(monitor_path))
     classes = table.classes
     informer = monitor.method == "informer"
@@ -815,22 +362,22 @@ def build_report(
             "or the model (--model) to recompute the maps of the shown images"
         )
 
-    assets = _Assets(outdir)
-    pictures = _Pictures.from_binding(binding)
+    assets = Assets(outdir)
+    pictures = Pictures.from_binding(binding)
     score_label = _score_label(monitor)
     cards: dict[int, dict[str, Any]] = {}
     for done, r in enumerate(shown, start=1):
         card = _card(r, classes, monitor, y_by_row.get(r.row))
-        _draw(card, r, found.get(r.row), maps.get(r.row), sources.get(r.row), pictures, assets)
+        draw_card(card, r, found.get(r.row), maps.get(r.row), sources.get(r.row), pictures, assets)
         if card["image"] is None and r.row in found:
             summary.missing_images.append((r.key, card["image_note"]))
         if card["overlays"] is None:
             card["maps_note"] = _no_maps_note(informer, card["image"] is not None, r.row in maps)
         dist = r.dist if r.dist is not None else dists.get(r.row)
-        card["dist"] = _dist_cells(dist) if dist is not None else None
+        card["dist"] = dist_cells(dist) if dist is not None else None
         cards[r.row] = card
         if progress is not None:
-            progress("images", done, len(shown))
+            progress(done, len(shown), "images")
     class_views = [
         _class_view(j, monitor, summary, scores[:, j], flg[:, j], labelled, assets, score_label)
         for j in range(k)
@@ -888,81 +435,6 @@ def build_report(
     return summary
 
 
-class _Assets:
-    """Writes the generated PNGs under ``OUTDIR/assets`` and remembers them."""
-
-    def __init__(self, outdir: Path) -> None:
-        self.outdir = outdir
-        self.written: list[Path] = []
-
-    def put(self, name: str, data: bytes) -> str:
-        """Write ``data`` as ``assets/NAME``; returns the page's relative reference."""
-        path = _asset_path(self.outdir, name)
-        atomic_write_bytes(path, data)
-        self.written.append(path)
-        return f"{ASSETS}/{name}"
-
-
-@dataclass(frozen=True)
-class _Pictures:
-    """How the shown images and their class maps are drawn."""
-
-    image_size: tuple[int, int]
-    patch_size: int | None
-    tile: tuple[int, int]
-    cmap: Any
-
-    @classmethod
-    def from_binding(cls, binding: Mapping[str, Any]) -> _Pictures:
-        from matplotlib import colormaps
-
-        h, w = (int(v) for v in binding["preprocessing"]["image_size"])
-        saliency = binding.get("saliency") or {}
-        patch = saliency.get("patch_size") if saliency.get("name") == "fd" else None
-        return cls((h, w), patch, _tile_size((h, w)), colormaps[MAP_CMAP])
-
-
-def _draw(
-    card: dict[str, Any],
-    r: FlagRow,
-    src: Path | None,
-    maps: NDArray[np.float64] | None,
-    source: str | None,
-    pictures: _Pictures,
-    assets: _Assets,
-) -> None:
-    """Write a shown image and its K overlays (maps of shape (K, ...)); fill in the card."""
-    if src is None:
-        card["image_note"] = "image not found"
-        return
-    try:
-        seen = model_view(src, pictures.image_size)
-    except ImageReadError as exc:
-        card["image_note"] = f"cannot read the image: {exc}"
-        return
-    grey = grey_tile(seen, pictures.tile)
-    grey8 = np.asarray(np.rint(grey * 255.0), dtype=np.uint8)
-    card["image"] = assets.put(f"img_{r.row:05d}.png", _png_array(grey8))
-    if maps is None:
-        return
-    overlays = []
-    for j, name in enumerate(card["class_names"]):
-        pixels = map_to_pixels(maps[j], pictures.image_size, pictures.patch_size)
-        png = _png_array(overlay(grey, pixels, pictures.cmap))
-        overlays.append(
-            {
-                "name": name,
-                "src": assets.put(f"map_{r.row:05d}_{j}.png", png),
-                "flagged": bool(r.flag[j]),
-                "scale": f"{float(np.abs(maps[j]).max()):.3g}",
-            }
-        )
-    card["overlays"] = overlays
-    card["maps_note"] = (
-        "maps saved at flag time" if source == "saved" else "maps recomputed for this report"
-    )
-
-
 def _class_view(
     j: int,
     monitor: FlagMonitor,
@@ -970,7 +442,7 @@ def _class_view(
     scores: NDArray[np.float64],
     flagged: NDArray[np.bool_],
     labelled: _Labelled | None,
-    assets: _Assets,
+    assets: Assets,
     score_label: str,
 ) -> dict[str, Any]:
     """The per-class section of class ``j``: its histogram (written), thresholds and rates.
@@ -1020,8 +492,7 @@ def _score_label(monitor: FlagMonitor) -> str:
 
 
 def _rule(monitor: FlagMonitor) -> str:
-    name = "d" if monitor.method == "informer" else monitor.method
-    return f"{name}_k {'<' if monitor.direction == 'below' else '>'} τ_k"
+    return f"{score_name(monitor.method)}_k {'<' if monitor.direction == 'below' else '>'} τ_k"
 
 
 def _no_maps_note(informer: bool, has_image: bool, has_maps: bool) -> str:
@@ -1085,7 +556,7 @@ def _shown_maps(
     binding: Mapping[str, Any],
     summary: ReportSummary,
     monitor_source: str,
-    progress: ProgressCallback | None,
+    progress: Progress | None,
 ) -> tuple[dict[int, NDArray[np.float64]], dict[int, NDArray[np.float64]], dict[int, str]]:
     """Class maps (K, ...) and distance matrices (K, K) of the shown rows, by CSV row, and
     where each came from (``"saved"`` or ``"recomputed"``)."""
@@ -1126,8 +597,8 @@ def _shown_maps(
         )
     if model is None or not todo:
         return maps, dists, sources
-    adapter = adapter_from_settings(dict(binding["saliency"]))
-    auditor = Auditor(model, adapter, list(binding["audited_classes"]), keep_maps=True)
+    scorer = scorer_from_binding(binding, source=monitor_source)
+    auditor = Auditor(model, scorer, list(binding["audited_classes"]), keep_maps=True)
     check_binding(binding, auditor.binding(), source=monitor_source)
     done = 0
 
@@ -1135,7 +606,7 @@ def _shown_maps(
         nonlocal done
         done += 1
         if progress is not None:
-            progress("maps", done, len(todo))
+            progress(done, len(todo), "maps")
 
     by_row = {r.row: r for r in todo}
     items = [(str(r.row), found[r.row]) for r in todo]
@@ -1246,13 +717,8 @@ def _remove_stale(outdir: Path, written: Sequence[Path]) -> None:
 
 
 __all__ = [
-    "FlagRow",
-    "FlagsTable",
     "ReportSummary",
     "build_report",
-    "check_flags_against_monitor",
     "image_candidates",
-    "map_to_pixels",
-    "read_flags_csv",
     "resolve_image",
 ]

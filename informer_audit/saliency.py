@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -20,14 +20,69 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import SaliencyError
+from .progress import Progress
 
 if TYPE_CHECKING:
     from .model import OnnxClassifier
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
-"""Called as ``progress(done, total)`` with counts of forward passes (or other work units)."""
+ProgressCallback = Progress
+"""The :class:`~.progress.Progress` protocol; adapters call ``progress(done, total)`` with counts
+of forward passes (or other work units) and no stage."""
+
+
+@dataclass(frozen=True)
+class AdapterOption:
+    """One setting of an adapter as a front end offers it (the CLI makes an option of it).
+
+    Adapters list theirs in :attr:`SaliencyAdapter.options`, so that a front end needs no list of
+    its own and a third-party adapter's settings reach it like the built-ins'.
+
+    Attributes
+    ----------
+    flag : str
+        Command-line spelling, e.g. ``"--patch-size"``; unique across adapters, except that
+        adapters may share one option object (e.g. :data:`ORT_BATCH_SIZE`).
+    param : str
+        The keyword of the adapter's ``__init__`` the value goes to (``"patch_size"``).
+    type : type or callable
+        ``int``, ``float``, ``str``, ``pathlib.Path`` (an existing file), or a converter from the
+        text given to the value, raising :class:`ValueError` with the expected form.
+    help : str
+        One line; says the adapter's default in brackets, e.g. ``"patch side in model pixels
+        [16]."`` (the front end prefixes the adapter's name).
+    default : object, optional
+        Value passed when the option is not given; ``None`` (the usual case): nothing is passed
+        and the adapter's own default applies.
+    choices : tuple of str, optional
+    min : float, optional
+        Smallest accepted value (inclusive) of an ``int`` or ``float`` option.
+    init : bool
+        False for an option the front end consumes itself instead of passing it to
+        ``__init__`` (the gradient adapter's torch checkpoint, from which the front end builds
+        the ``module``).
+    """
+
+    flag: str
+    param: str
+    type: Any = str
+    help: str = ""
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+    min: float | None = None
+    init: bool = True
+
+
+ORT_BATCH_SIZE = AdapterOption(
+    "--batch-size",
+    "batch_size",
+    int,
+    "images per ONNX Runtime run (does not change results).",
+    default=32,
+    min=1,
+)
+"""The batch size of the score-only adapters (fd, lime): images per ONNX Runtime run."""
 
 
 class SaliencyAdapter(ABC):
@@ -43,6 +98,8 @@ class SaliencyAdapter(ABC):
     """What the adapter needs from the model: ``"scores"`` or ``"graph"``."""
     invariant_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
     """Settings that do not change the maps (left out of :meth:`settings`)."""
+    options: ClassVar[tuple[AdapterOption, ...]] = ()
+    """The settings a front end offers, each an :class:`AdapterOption` (none by default)."""
 
     @abstractmethod
     def explain(
@@ -131,6 +188,30 @@ def available_adapters() -> dict[str, type[SaliencyAdapter]]:
     """Registered adapters by name (built-in and plug-ins), sorted by name."""
     _load()
     return dict(sorted(_REGISTRY.items()))
+
+
+def adapter_options() -> dict[str, tuple[AdapterOption, tuple[str, ...]]]:
+    """Every registered adapter's options by flag, each with the adapters that take it.
+
+    An option that another adapter declares differently under the same flag is left out (and
+    logged): a plug-in cannot change a built-in's option.
+    """
+    found: dict[str, tuple[AdapterOption, tuple[str, ...]]] = {}
+    for name, cls in available_adapters().items():
+        for option in cls.options:
+            known = found.get(option.flag)
+            if known is None:
+                found[option.flag] = (option, (name,))
+            elif known[0] == option:
+                found[option.flag] = (option, (*known[1], name))
+            else:
+                logger.warning(
+                    "saliency adapter %s: option %s is taken by %s; left out",
+                    name,
+                    option.flag,
+                    ", ".join(known[1]),
+                )
+    return found
 
 
 def get_adapter(name: str, **params: Any) -> SaliencyAdapter:

@@ -8,17 +8,13 @@ unicode plus one corrupt file, its labels, and a flags CSV with saved maps.
 
 from __future__ import annotations
 
-import csv
 import json
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from click.testing import CliRunner
 
-from conftest import build_linear_model, card_dict, write_images
-from informer_audit.cli import cli
+from conftest import PATCH_8, calibrate, flag, labelled_folder, read_rows, write_labels
 
 CLASSES = ("A", "B", "C")
 HOSTILE_NAMES = (
@@ -29,60 +25,24 @@ HOSTILE_NAMES = (
 )
 
 
-def invoke(*args: Any) -> Any:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def tiny_model(path: Path, size: int = 16, hidden: int = 5, seed: int = 1) -> Path:
-    """A 3-class Flatten -> MatMul -> Tanh -> MatMul classifier with its card in the metadata."""
-    rng = np.random.default_rng(seed)
-    d = 3 * size * size
-    w1 = rng.normal(0, 1 / np.sqrt(d), (d, hidden))
-    w = rng.normal(0, 1 / np.sqrt(hidden), (hidden, len(CLASSES)))
-    b = rng.normal(0, 0.1, len(CLASSES))
-    card = card_dict(list(CLASSES), size, 3)
-    return build_linear_model(path, w, b, channels=3, size=size, hidden=w1, card=card)
-
-
 def make_run(tmp: Path, *, method: str | None = None) -> dict[str, Path]:
     """Calibrate, move tau to the median d, flag with --save-maps. Returns the paths."""
     tmp.mkdir(parents=True, exist_ok=True)
-    model = tiny_model(tmp / "tiny.onnx")
-    val = tmp / "val"
-    paths = write_images(val / "imgs", 16, size=20, seed=2)
-    rng = np.random.default_rng(4)
-    labels = val / "labels.csv"
-    with labels.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", *CLASSES])
-        for p in paths:
-            w.writerow([f"imgs/{p.name}", *rng.integers(0, 2, len(CLASSES))])
-    audit = tmp / "audit"
-    plain = write_images(audit, 8, size=24, seed=5)
-    for src, name in zip(plain, HOSTILE_NAMES, strict=False):
+    e = labelled_folder(
+        tmp, n_val=16, n_audit=8, subdir="imgs", audit_size=24, model_name="tiny.onnx"
+    )
+    audit = e["audit"]
+    for src, name in zip(sorted(audit.iterdir()), HOSTILE_NAMES, strict=False):
         src.rename(audit / name)
     (audit / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    audit_labels = tmp / "audit_labels.csv"
-    with audit_labels.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", *CLASSES])
-        for p in sorted(audit.iterdir()):
-            if p.name != "broken.png":
-                w.writerow([p.name, *rng.integers(0, 2, len(CLASSES))])
+    names = [p.name for p in sorted(audit.iterdir()) if p.name != "broken.png"]
+    audit_labels = write_labels(tmp / "audit_labels.csv", names, CLASSES, seed=5)
     monitor = tmp / "monitor.json"
-    saliency = ["--patch-size", "8"] if method is None else ["--method", method]
-    r = invoke(
-        "calibrate", model, "--images", val, "--labels", labels, "-o", monitor, "--device", "cpu",
-        *saliency,
-    )  # fmt: skip
+    saliency = PATCH_8 if method is None else ("--method", method)
+    r = calibrate(e, monitor, saliency=saliency)
     assert r.exit_code == 0, r.output
     first = tmp / "flags_first.csv"
-    r = invoke("flag", model, "--monitor", monitor, "--images", audit, "-o", first)
+    r = flag(e, first, monitor=monitor)
     assert r.exit_code == 1, r.output  # the corrupt file
     rows = [row for row in read_rows(first) if row["status"] == "ok"]
     doc = json.loads(monitor.read_text())
@@ -94,10 +54,10 @@ def make_run(tmp: Path, *, method: str | None = None) -> dict[str, Path]:
     flags = tmp / "flags.csv"
     maps = tmp / "maps"
     extra = ["--save-maps", maps] if method is None else []
-    r = invoke("flag", model, "--monitor", monitor, "--images", audit, "-o", flags, *extra)
+    r = flag(e, flags, *extra, monitor=monitor)
     assert r.exit_code == 1, r.output
     return {
-        "model": model,
+        "model": e["model"],
         "monitor": monitor,
         "flags": flags,
         "maps": maps,

@@ -18,63 +18,33 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import build_linear_model, card_dict, write_images
-from informer_audit.cli import cli
+from conftest import (
+    CARD,
+    calibrate,
+    calibrate_args,
+    flag,
+    flag_args,
+    invoke,
+    labelled_folder,
+)
 
-CLASSES = ["A", "B", "C"]
-CARD = card_dict(CLASSES, 16, 3)
 N_VARIANTS = 12
-
-
-def invoke(*args: Any) -> Any:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("any-content")
-    rng = np.random.default_rng(1)
-    d = 3 * 16 * 16
-    model = build_linear_model(
-        tmp / "model.onnx",
-        rng.normal(0, 1 / np.sqrt(5), (5, 3)),
-        rng.normal(0, 0.1, 3),
-        channels=3,
-        size=16,
-        hidden=rng.normal(0, 1 / np.sqrt(d), (d, 5)),
-        card=CARD,
-    )
-    val = tmp / "val"
-    names = [p.name for p in write_images(val, 8, seed=2)]
-    labels = val.parent / "labels.csv"
-    y = np.random.default_rng(4).integers(0, 2, (len(names), 3))
-    labels.write_text(
-        "path,A,B,C\n"
-        + "".join(f"{n},{a},{b},{c}\n" for n, (a, b, c) in zip(names, y, strict=True))
-    )
-    card = tmp / "card.json"
-    card.write_text(json.dumps(CARD))
-    audit = tmp / "audit"
-    write_images(audit, 2, seed=5)
-    monitor = tmp / "monitor.json"
-    common = ("--patch-size", 8, "--device", "cpu")
-    r = invoke("calibrate", model, "--images", val, "--labels", labels, "-o", monitor, *common)
+    e = labelled_folder(tmp_path_factory.mktemp("any-content"), n_val=8, n_audit=2,
+                        labels_in_val=False)  # fmt: skip
+    e["card"] = e["tmp"] / "card.json"
+    e["card"].write_text(json.dumps(CARD))
+    e["monitor"] = e["tmp"] / "monitor.json"
+    r = calibrate(e, e["monitor"])
     assert r.exit_code == 0, r.output
-    flags = tmp / "flags.csv"
-    r = invoke("flag", model, "--monitor", monitor, "--images", audit, "-o", flags, *common[2:])
+    e["flags"] = e["tmp"] / "flags.csv"
+    r = flag(e, e["flags"])
     assert r.exit_code == 0, r.output
-    return {
-        "tmp": tmp,
-        "model": model,
-        "val": val,
-        "labels": labels,
-        "card": card,
-        "audit": audit,
-        "monitor": monitor,
-        "flags": flags,
-    }
+    return e
 
 
 def variants(valid: bytes, seed: int) -> list[bytes]:
@@ -107,36 +77,11 @@ def _run_card(e: dict[str, Path], f: Path) -> list[Any]:
 
 
 def _run_labels(e: dict[str, Path], f: Path) -> list[Any]:
-    return [
-        "calibrate",
-        e["model"],
-        "--images",
-        e["val"],
-        "--labels",
-        f,
-        "-o",
-        e["tmp"] / "out" / "m.json",
-        "--patch-size",
-        8,
-        "--device",
-        "cpu",
-    ]
+    return calibrate_args(e, e["tmp"] / "out" / "m.json", labels=f)
 
 
 def _run_monitor(e: dict[str, Path], f: Path) -> list[Any]:
-    return [
-        "flag",
-        e["model"],
-        "--monitor",
-        f,
-        "--images",
-        e["audit"],
-        "-o",
-        e["tmp"] / "out" / "flags.csv",
-        "--device",
-        "cpu",
-        "--restart",
-    ]
+    return flag_args(e, e["tmp"] / "out" / "flags.csv", "--restart", monitor=f)
 
 
 def _run_flags(e: dict[str, Path], f: Path) -> list[Any]:

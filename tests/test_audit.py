@@ -17,6 +17,7 @@ from informer_audit.distinctiveness import cosine_distance_matrix, distinctivene
 from informer_audit.errors import LabelFormatError
 from informer_audit.model import OnnxClassifier
 from informer_audit.numerics import sigmoid
+from informer_audit.scorers import InformerScorer
 
 
 def nan_for_dark_images_model(path, size=16):
@@ -56,8 +57,8 @@ def test_results_do_not_depend_on_chunking(tmp_path, tiny_model):
     images = write_images(tmp_path / "imgs", 7)
     items = [(p.name, p) for p in images]
     fd = FiniteDifferenceIxG(patch_size=4)
-    one = list(Auditor(model, fd, images_per_chunk=1, keep_maps=True).run(items))
-    many = list(Auditor(model, fd, images_per_chunk=5, keep_maps=True).run(items))
+    one = list(Auditor(model, InformerScorer(fd), images_per_chunk=1, keep_maps=True).run(items))
+    many = list(Auditor(model, InformerScorer(fd), images_per_chunk=5, keep_maps=True).run(items))
     assert [r.key for r in one] == [p.name for p in images]
     for a, b in zip(one, many, strict=True):
         np.testing.assert_allclose(a.d, b.d, rtol=1e-6)
@@ -73,8 +74,8 @@ def test_class_subset_uses_only_those_maps(tmp_path, tiny_model):
     model = OnnxClassifier(path, device="cpu")
     items = [(p.name, p) for p in write_images(tmp_path / "imgs", 2)]
     fd = FiniteDifferenceIxG(patch_size=4)
-    full = list(Auditor(model, fd, keep_maps=True).run(items))
-    sub = list(Auditor(model, fd, ["C", "A"], keep_maps=True).run(items))
+    full = list(Auditor(model, InformerScorer(fd), keep_maps=True).run(items))
+    sub = list(Auditor(model, InformerScorer(fd), ["C", "A"], keep_maps=True).run(items))
     for f, s in zip(full, sub, strict=True):
         np.testing.assert_allclose(s.maps, f.maps[[2, 0]])
         assert s.d[0] == pytest.approx(f.dist[2, 0])  # K = 2: d_C = d_CA
@@ -87,7 +88,8 @@ def test_bad_files_are_recorded_and_the_rest_scored(tmp_path, tiny_model):
     bad = tmp_path / "imgs" / "bad.png"
     bad.write_bytes(b"GIF89a not really")
     items = [(p.name, p) for p in [good[0], bad, good[1], tmp_path / "gone.png", good[2]]]
-    results = list(Auditor(model, FiniteDifferenceIxG(patch_size=8), images_per_chunk=2).run(items))
+    scorer = InformerScorer(FiniteDifferenceIxG(patch_size=8))
+    results = list(Auditor(model, scorer, images_per_chunk=2).run(items))
     assert [r.ok for r in results] == [True, False, True, False, True]
     assert "bad.png" in results[1].error and "not found" in results[3].error
 
@@ -101,7 +103,7 @@ def test_non_finite_model_output_fails_only_those_images(tmp_path):
         arr[::3, ::2] = value - 8  # some texture so the maps are not degenerate
         Image.fromarray(arr).save(folder / name)
     items = [(n, folder / n) for n in ("bright.png", "dark.png", "bright2.png")]
-    results = list(Auditor(model, FiniteDifferenceIxG(patch_size=8)).run(items))
+    results = list(Auditor(model, InformerScorer(FiniteDifferenceIxG(patch_size=8))).run(items))
     assert [r.ok for r in results] == [True, False, True]
     assert "non-finite" in results[1].error
     assert np.isfinite(results[0].d).all() and np.isfinite(results[2].d).all()
@@ -112,11 +114,11 @@ def test_auditor_needs_two_distinct_model_classes(tiny_model):
     model = OnnxClassifier(path, device="cpu")
     fd = FiniteDifferenceIxG()
     with pytest.raises(LabelFormatError, match="at least 2 classes"):
-        Auditor(model, fd, ["A"])
+        Auditor(model, InformerScorer(fd), ["A"])
     with pytest.raises(LabelFormatError, match="must be distinct model classes"):
-        Auditor(model, fd, ["A", "Z"])
+        Auditor(model, InformerScorer(fd), ["A", "Z"])
     with pytest.raises(LabelFormatError, match="must be distinct model classes"):
-        Auditor(model, fd, ["A", "A"])
+        Auditor(model, InformerScorer(fd), ["A", "A"])
 
 
 def test_sigmoid_is_stable():

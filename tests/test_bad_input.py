@@ -14,7 +14,6 @@ All files are built here; a module-scoped fixture calibrates one monitor for all
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import struct
@@ -27,108 +26,35 @@ import numpy as np
 import onnx
 import pytest
 import tifffile
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from pydicom.uid import JPEGBaseline8Bit
 
-from conftest import build_linear_model, card_dict, write_dicom, write_images
+from conftest import (
+    CARD,
+    CLASSES,
+    calibrate,
+    flag,
+    hidden_model,
+    invoke,
+    labelled_folder,
+    read_rows,
+    write_dicom,
+    write_images,
+    write_labels,
+)
 from informer_audit import model as model_module
-from informer_audit.cli import cli
 from informer_audit.journal import journal_path
 from informer_audit.paths import printable
-
-CLASSES = ["A", "B", "C"]
-CARD = card_dict(CLASSES, 16, 3)
-
-
-def invoke(*args: Any) -> Any:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def linear(path: Path, seed: int = 1, **kw: Any) -> Path:
-    rng = np.random.default_rng(seed)
-    d = 3 * 16 * 16
-    return build_linear_model(
-        path,
-        rng.normal(0, 1 / np.sqrt(5), (5, 3)),
-        rng.normal(0, 0.1, 3),
-        channels=3,
-        size=16,
-        hidden=rng.normal(0, 1 / np.sqrt(d), (d, 5)),
-        card=CARD,
-        **kw,
-    )
-
-
-def write_labels(path: Path, names: list[str], seed: int = 4) -> Path:
-    rng = np.random.default_rng(seed)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", *CLASSES])
-        for name in names:
-            w.writerow([name, *rng.integers(0, 2, 3)])
-    return path
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("matrix")
-    model = linear(tmp / "model.onnx")
-    val = tmp / "val"
-    labels = write_labels(val / "labels.csv", [p.name for p in write_images(val, 12, seed=2)])
-    audit = tmp / "audit"
-    write_images(audit, 3, seed=5)
-    monitor = tmp / "monitor.json"
-    r = calibrate(model, val, labels, monitor)
+    e = labelled_folder(tmp_path_factory.mktemp("matrix"))
+    e["monitor"] = e["tmp"] / "monitor.json"
+    r = calibrate(e, e["monitor"])
     assert r.exit_code == 0, r.output
-    return {
-        "tmp": tmp,
-        "model": model,
-        "val": val,
-        "labels": labels,
-        "audit": audit,
-        "monitor": monitor,
-    }
-
-
-def calibrate(model: Path, images: Path, labels: Path, out: Path, *extra: Any) -> Any:
-    return invoke(
-        "calibrate",
-        model,
-        "--images",
-        images,
-        "--labels",
-        labels,
-        "-o",
-        out,
-        "--patch-size",
-        8,
-        "--device",
-        "cpu",
-        *extra,
-    )
-
-
-def flag(model: Path, monitor: Path, images: Path, out: Path, *extra: Any) -> Any:
-    return invoke(
-        "flag",
-        model,
-        "--monitor",
-        monitor,
-        "--images",
-        images,
-        "-o",
-        out,
-        "--device",
-        "cpu",
-        *extra,
-    )
+    return e
 
 
 # -- 1. image files: one flag run over a folder of odd files, one failure row per bad one --------
@@ -291,7 +217,7 @@ def image_run(env: dict[str, Path]) -> tuple[Any, dict[str, dict[str, str]], Pat
     for case in IMAGE_CASES:
         case.write(folder / case.name)
     out = env["tmp"] / "odd" / "flags.csv"
-    result = flag(env["model"], env["monitor"], folder, out)
+    result = flag(env, out, images=folder)
     rows = {row["path"]: row for row in read_rows(out)}
     return result, rows, folder
 
@@ -385,7 +311,7 @@ def external(location: Callable[[Path], str]) -> Callable[[Path], Path]:
     def build(path: Path) -> Path:
         folder = path.parent / "ext"
         folder.mkdir(exist_ok=True)
-        inline = onnx.load(str(linear(path.parent / "inline.onnx")))
+        inline = onnx.load(str(hidden_model(path.parent / "inline.onnx")))
         target = folder / "model.onnx"
         onnx.save_model(
             inline, str(target), save_as_external_data=True, location="w.bin", size_threshold=0
@@ -451,7 +377,7 @@ def test_model_case(tmp_path: Path, case: ModelCase) -> None:
 def test_model_over_the_size_limit_is_refused_before_loading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = linear(tmp_path / "model.onnx")
+    path = hidden_model(tmp_path / "model.onnx")
     monkeypatch.setattr(model_module, "MAX_MODEL_BYTES", 1000)
     loads: list[str] = []
     monkeypatch.setattr(onnx, "load", lambda *a, **k: loads.append("load"))
@@ -461,11 +387,11 @@ def test_model_over_the_size_limit_is_refused_before_loading(
 
 
 def test_model_with_a_fixed_batch_of_1_audits_every_image(env: dict[str, Path]) -> None:
-    path = linear(env["tmp"] / "batch1.onnx", batch=1)
+    path = hidden_model(env["tmp"] / "batch1.onnx", batch=1)
     monitor = env["tmp"] / "batch1.json"
-    assert calibrate(path, env["val"], env["labels"], monitor).exit_code == 0
+    assert calibrate(env, monitor, model=path).exit_code == 0
     out = env["tmp"] / "batch1.csv"
-    r = flag(path, monitor, env["audit"], out, "--batch-size", 4)
+    r = flag(env, out, "--batch-size", 4, model=path, monitor=monitor)
     assert r.exit_code == 0, r.output
     assert [row["status"] for row in read_rows(out)] == ["ok"] * 3
 
@@ -506,11 +432,11 @@ def test_model_returning_nan_or_inf_fails_those_images_only(tmp_path: Path, kind
     bright = textured(tmp_path / "val", {f"b{i}.png": 200 + 5 * i for i in range(6)})
     labels = write_labels(tmp_path / "val" / "labels.csv", [p.name for p in bright])
     monitor = tmp_path / "m.json"
-    r = calibrate(path, tmp_path / "val", labels, monitor)
+    r = calibrate({}, monitor, model=path, images=tmp_path / "val", labels=labels)
     assert r.exit_code == 0, r.output
     textured(tmp_path / "audit", {"bright.png": 230, "dark.png": 20, "dark2.png": 40})
     out = tmp_path / "flags.csv"
-    r = flag(path, monitor, tmp_path / "audit", out)
+    r = flag({}, out, model=path, monitor=monitor, images=tmp_path / "audit")
     assert r.exit_code == 1
     rows = {Path(row["path"]).name: row for row in read_rows(out)}
     assert rows["bright.png"]["status"] == "ok"
@@ -599,7 +525,7 @@ def label_text(case: LabelCase, env: dict[str, Path]) -> str:
 def test_label_case(tmp_path: Path, env: dict[str, Path], case: LabelCase) -> None:
     labels = tmp_path / "labels.csv"
     labels.write_text(label_text(case, env))
-    r = calibrate(env["model"], env["val"], labels, tmp_path / "m.json", *case.extra)
+    r = calibrate(env, tmp_path / "m.json", *case.extra, labels=labels)
     assert r.exit_code == case.exit_code, r.output
     assert case.message in r.output.replace("\n", "")
     assert not (tmp_path / "m.json").exists()
@@ -613,7 +539,7 @@ def test_label_paths_that_do_not_exist_are_recorded_failures(
     rows = [f"{n},{i % 2},{(i // 2) % 2},1" for i, n in enumerate(names)]
     labels.write_text("path,A,B,C\n" + "\n".join(rows + ["gone.png,1,0,1", "sub/x.png,0,0,1"]))
     out = tmp_path / "m.json"
-    r = calibrate(env["model"], env["val"], labels, out)
+    r = calibrate(env, out, labels=labels)
     assert r.exit_code == 1, r.output
     calibration = json.loads(out.read_text())["calibration"]
     failed = {f["path"]: f["error"] for f in calibration["failures"]}
@@ -629,7 +555,7 @@ def test_label_unknown_finding_in_cells_is_reported(tmp_path: Path, env: dict[st
     labels = tmp_path / "labels.csv"
     labels.write_text("Image Index,Finding Labels\n" + "\n".join(rows) + "\n")
     classes = ("--classes", "A=Atelectasis,B=Edema,C=Effusion")
-    r = calibrate(env["model"], env["val"], labels, tmp_path / "m.json", *classes)
+    r = calibrate(env, tmp_path / "m.json", *classes, labels=labels)
     assert r.exit_code == 0, r.output
     assert "holds 1 findings that are not NIH findings: 'Unicorn (3x)'" in r.output
 
@@ -642,7 +568,7 @@ def test_label_chexpert_uncertain_and_blank_cells_are_accepted(
     rows = [f"{n},Frontal,{cells[i % 4]},{cells[(i + 1) % 3]},1.0" for i, n in enumerate(names)]
     labels = tmp_path / "labels.csv"
     labels.write_text("Path,Frontal/Lateral,A,B,C\n" + "\n".join(rows) + "\n")
-    r = calibrate(env["model"], env["val"], labels, tmp_path / "m.json", "--uncertain", "zero")
+    r = calibrate(env, tmp_path / "m.json", "--uncertain", "zero", labels=labels)
     assert r.exit_code == 0, r.output
 
 
@@ -756,16 +682,14 @@ def test_monitor_case(tmp_path: Path, env: dict[str, Path], case: MonitorCase) -
     monitor = tmp_path / "monitor.json"
     monitor.write_text(case.edit(env["monitor"].read_text()))
     out = tmp_path / "flags.csv"
-    r = flag(env["model"], monitor, env["audit"], out, *case.extra)
+    r = flag(env, out, *case.extra, monitor=monitor)
     assert r.exit_code == 2, r.output
     assert case.message in r.output.replace("\n", "")
     assert not out.exists() and not journal_path(out).exists()
 
 
 def test_monitor_class_list_mismatch_names_both_lists(tmp_path: Path, env: dict[str, Path]) -> None:
-    r = flag(
-        env["model"], env["monitor"], env["audit"], tmp_path / "f.csv", "--class-names", "A,B,D"
-    )
+    r = flag(env, tmp_path / "f.csv", "--class-names", "A,B,D")
     assert r.exit_code == 2
     assert "['A', 'B', 'C']" in r.output and "['A', 'B', 'D']" in r.output
 
@@ -773,14 +697,14 @@ def test_monitor_class_list_mismatch_names_both_lists(tmp_path: Path, env: dict[
 # -- 5. the run: output, folder, journal -----------------------------------------------------------
 def test_output_that_is_a_folder_is_refused(tmp_path: Path, env: dict[str, Path]) -> None:
     (tmp_path / "out").mkdir()
-    r = flag(env["model"], env["monitor"], env["audit"], tmp_path / "out")
+    r = flag(env, tmp_path / "out")
     assert r.exit_code == 2 and "is a directory" in r.output
 
 
 def test_folder_without_images_is_refused(tmp_path: Path, env: dict[str, Path]) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    r = flag(env["model"], env["monitor"], tmp_path / "empty", tmp_path / "f.csv")
+    r = flag(env, tmp_path / "f.csv", images=tmp_path / "empty")
     assert r.exit_code == 2 and "no images found" in r.output and ".dcm" in r.output
 
 
@@ -789,7 +713,7 @@ def test_a_journal_of_another_run_is_refused_with_exit_2(
 ) -> None:
     out = tmp_path / "f.csv"
     journal_path(out).write_text("path,status\nsomething else\n")
-    r = flag(env["model"], env["monitor"], env["audit"], out)
+    r = flag(env, out)
     assert r.exit_code == 2
     assert "not an informer-audit flag journal" in r.output and "--restart" in r.output
-    assert flag(env["model"], env["monitor"], env["audit"], out, "--restart").exit_code == 0
+    assert flag(env, out, "--restart").exit_code == 0

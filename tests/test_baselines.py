@@ -1,4 +1,4 @@
-"""Baseline scores (entropy, MSP, TTA spread) and the method registry, against hand values."""
+"""Baseline scores (entropy, MSP, TTA spread) and their scorers, against hand values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from scipy.special import expit
 
 from informer_audit import baselines
 from informer_audit.baselines import (
-    METHODS,
     augment_image,
     black_fill,
     box_blur,
@@ -18,10 +17,7 @@ from informer_audit.baselines import (
     draw_augmentations,
     entropy_score,
     image_rng,
-    make_monitor,
-    method_spec,
     msp_score,
-    probability_score,
     rotate_image,
     tta_copies,
     tta_settings,
@@ -29,8 +25,10 @@ from informer_audit.baselines import (
 )
 from informer_audit.errors import EvaluationError
 from informer_audit.model import OnnxClassifier
-from informer_audit.monitor import load_monitor, save_monitor
+from informer_audit.monitorfile import load_monitor, save_monitor
+from informer_audit.scorers import ProbabilityScorer, available_scorers, make_monitor, scorer_class
 
+METHODS = available_scorers()
 CARD = SimpleNamespace(scale=255.0, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
@@ -107,17 +105,16 @@ def test_registry_directions_and_variants():
         "tta": "above",
         "msp": "below",
     }
-    assert method_spec("informer_fd") is METHODS["informer"]
-    assert method_spec("tta_t20").name == "tta"
+    assert scorer_class("informer_fd") is METHODS["informer"]
+    assert scorer_class("tta_t20").name == "tta"
     for bad in ("nope", "nope_x", "no_audit", ""):
         with pytest.raises(EvaluationError, match="unknown monitor method"):
-            method_spec(bad)
+            scorer_class(bad)
     mon = make_monitor("informer_lime", grid_step=0.01)
     assert (mon.method, mon.direction, mon.grid_step) == ("informer", "below", 0.01)
     assert make_monitor("entropy").direction == "above"
-    np.testing.assert_array_equal(probability_score("msp", [[0.3]]), [[0.7]])
-    with pytest.raises(EvaluationError, match="needs model"):
-        probability_score("tta", [[0.3]])
+    np.testing.assert_array_equal(scorer_class("msp")().score_probabilities([[0.3]]), [[0.7]])
+    assert not issubclass(scorer_class("tta"), ProbabilityScorer)  # needs the model
 
 
 @pytest.mark.parametrize("method", ["entropy", "msp"])
@@ -125,7 +122,7 @@ def test_baseline_monitor_uses_the_monitor_json(tmp_path, method):
     rng = np.random.default_rng(2)
     y = rng.integers(0, 2, (40, 2)).astype(float)
     probs = np.clip(0.4 * y + rng.uniform(0, 0.6, (40, 2)), 0, 1)
-    scores = probability_score(method, probs)
+    scores = scorer_class(method)().score_probabilities(probs)
     mon = make_monitor(method).fit(scores, y, probs, ["A", "B"])
     binding = {
         "model_sha256": "0" * 64,
@@ -135,7 +132,7 @@ def test_baseline_monitor_uses_the_monitor_json(tmp_path, method):
         "saliency": {"method": method},
     }
     save_monitor(tmp_path / "m.json", mon, binding)
-    back, _, _ = load_monitor(tmp_path / "m.json")
+    back = load_monitor(tmp_path / "m.json").monitor
     assert (back.method, back.direction) == (method, METHODS[method].direction)
     np.testing.assert_array_equal(back.flag(scores), mon.flag(scores))
 

@@ -13,6 +13,7 @@ from informer_audit.adapters.fd import FiniteDifferenceIxG
 from informer_audit.audit import Auditor
 from informer_audit.cache import ScoreCache, cache_key, content_sha256, key_document
 from informer_audit.model import OnnxClassifier
+from informer_audit.scorers import InformerScorer, build_scorer
 
 FIELDS = {
     "model_sha256": "ab" * 32,
@@ -70,8 +71,9 @@ def test_key_is_canonical():
         "preprocessing": {"std": (0.25,), "mean": np.array([0.5]), "image_size": [16, 16]},
     }
     assert cache_key(**reordered) == cache_key(**FIELDS)
-    with pytest.raises(ValueError, match="kind"):
-        key_document(**{**FIELDS, "kind": "maps"})
+    for bad in ("", "two words", 3):  # a registered scorer may name its own kind
+        with pytest.raises(ValueError, match="kind"):
+            key_document(**{**FIELDS, "kind": bad})
 
 
 def _corrupt_cases(cache, doc, path):
@@ -176,12 +178,12 @@ def test_auditor_scores_each_image_once_and_cached_results_are_identical(tmp_pat
     items = [(p.name, p) for p in images]
     cache = ScoreCache(tmp_path / "cache")
     fd = CountingFD(patch_size=4)
-    first = Auditor(model, fd, cache=cache, images_per_chunk=4)
+    first = Auditor(model, InformerScorer(fd), cache=cache, images_per_chunk=4)
     fresh = list(first.run(items))
     assert fd.calls == 6 and (first.cache_hits, first.cache_misses) == (0, 6)
 
     forward = model.n_forward
-    again = Auditor(model, fd, cache=cache, images_per_chunk=4)
+    again = Auditor(model, InformerScorer(fd), cache=cache, images_per_chunk=4)
     cached = list(again.run(items))
     assert fd.calls == 6 and model.n_forward == forward  # nothing explained, nothing run
     assert (again.cache_hits, again.cache_misses) == (6, 0)
@@ -193,13 +195,13 @@ def test_auditor_scores_each_image_once_and_cached_results_are_identical(tmp_pat
     shutil.copy(images[0], tmp_path / "renamed.png")
     write_images(tmp_path / "other", 1, seed=9)
     moved = [("renamed", tmp_path / "renamed.png"), ("edited", tmp_path / "other" / "img_000.png")]
-    third = Auditor(model, fd, cache=cache)
+    third = Auditor(model, InformerScorer(fd), cache=cache)
     list(third.run(moved))
     assert (third.cache_hits, third.cache_misses) == (1, 1) and fd.calls == 7
 
     # other settings or classes: other entries
     assert content_sha256(images[0]) != content_sha256(tmp_path / "other" / "img_000.png")
-    sub = Auditor(model, fd, ["C", "A"], cache=cache)
+    sub = Auditor(model, InformerScorer(fd), ["C", "A"], cache=cache)
     list(sub.run(items[:2]))
     assert sub.cache_misses == 2 and fd.calls == 9
 
@@ -210,8 +212,8 @@ def test_keep_maps_bypasses_cache_reads(tmp_path, tiny_model):
     items = [(p.name, p) for p in write_images(tmp_path / "imgs", 3)]
     cache = ScoreCache(tmp_path / "cache")
     fd = CountingFD(patch_size=4)
-    list(Auditor(model, fd, cache=cache).run(items))
-    with_maps = list(Auditor(model, fd, cache=cache, keep_maps=True).run(items))
+    list(Auditor(model, InformerScorer(fd), cache=cache).run(items))
+    with_maps = list(Auditor(model, InformerScorer(fd), cache=cache, keep_maps=True).run(items))
     assert fd.calls == 6 and all(r.maps is not None for r in with_maps)
 
 
@@ -222,9 +224,10 @@ def test_failed_images_are_not_cached(tmp_path, tiny_model):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     cache = ScoreCache(tmp_path / "cache")
     for _ in range(2):
-        (r,) = Auditor(model, FiniteDifferenceIxG(patch_size=4), cache=cache).run([("b", bad)])
+        scorer = InformerScorer(FiniteDifferenceIxG(patch_size=4))
+        (r,) = Auditor(model, scorer, cache=cache).run([("b", bad)])
         assert not r.ok
-    missing = Auditor(model, FiniteDifferenceIxG(patch_size=4), cache=cache)
+    missing = Auditor(model, InformerScorer(FiniteDifferenceIxG(patch_size=4)), cache=cache)
     (r,) = missing.run([("m", tmp_path / "missing.png")])
     assert "not found" in str(r.error) or "No such file" in str(r.error)
     assert not list((tmp_path / "cache").rglob("*.npz"))
@@ -237,9 +240,9 @@ def test_baseline_auditors_share_and_reuse_entries(tmp_path, tiny_model, method,
     items = [(p.name, p) for p in write_images(tmp_path / "imgs", 4)]
     cache = ScoreCache(tmp_path / "cache")
     tta = {"copies": 3} if method == "tta" else None
-    fresh = list(Auditor(model, None, method=method, tta=tta, cache=cache).run(items))
+    fresh = list(Auditor(model, build_scorer(method, tta=tta), cache=cache).run(items))
     forward = model.n_forward
-    again = Auditor(model, None, method=method, tta=tta, cache=cache)
+    again = Auditor(model, build_scorer(method, tta=tta), cache=cache)
     cached = list(again.run(items))
     assert again.cache_hits == 4 and model.n_forward == forward
     for a, b in zip(fresh, cached, strict=True):
@@ -251,6 +254,6 @@ def test_baseline_auditors_share_and_reuse_entries(tmp_path, tiny_model, method,
         assert f'"kind":"{kind}"' in str(npz["_key"])
     if kind == "probs":  # entropy and MSP are both functions of the cached logits
         other = "msp" if method == "entropy" else "entropy"
-        shared = Auditor(model, None, method=other, cache=cache)
+        shared = Auditor(model, build_scorer(other), cache=cache)
         list(shared.run(items))
         assert shared.cache_hits == 4

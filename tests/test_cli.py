@@ -6,76 +6,28 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import write_images
-from informer_audit.cli import cli
+import conftest
+from conftest import invoke, labelled_folder, read_rows, write_images
 
 
 @pytest.fixture
-def setup(tmp_path, tiny_model):
-    model, _ = tiny_model(classes=("A", "B", "C"), size=16, hidden=5, seed=1)
-    paths = write_images(tmp_path / "val" / "imgs", 24, size=20, seed=2)
-    rng = np.random.default_rng(4)
-    labels = tmp_path / "val" / "labels.csv"
-    with labels.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "A", "B", "C", "age"])
-        for p in paths:
-            w.writerow([f"imgs/{p.name}", *rng.integers(0, 2, 3), 50])
-    audit = tmp_path / "audit"
-    write_images(audit, 5, size=24, seed=5)
-    write_images(audit / "sub", 2, size=18, seed=6, mode="RGB")
-    return {
-        "model": model,
-        "val": tmp_path / "val",
-        "labels": labels,
-        "audit": audit,
-        "tmp": tmp_path,
-    }
+def setup(tmp_path):
+    s = labelled_folder(
+        tmp_path, n_val=24, n_audit=5, subdir="imgs", audit_size=24, model_name="tiny.onnx",
+        extra_columns={"age": 50},
+    )  # fmt: skip
+    write_images(s["audit"] / "sub", 2, size=18, seed=6, mode="RGB")
+    return dict(s, monitor=tmp_path / "monitor.json")
 
 
-def invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    return result
+def calibrate(s, *extra, out="monitor.json", **kw):
+    return conftest.calibrate(s, s["tmp"] / out, *extra, **kw)
 
 
-def calibrate(s, *extra, out="monitor.json", saliency=("--patch-size", 8)):
-    return invoke(
-        "calibrate",
-        s["model"],
-        "--images",
-        s["val"],
-        "--labels",
-        s["labels"],
-        "-o",
-        s["tmp"] / out,
-        *saliency,
-        "--device",
-        "cpu",
-        *extra,
-    )
-
-
-def flag(s, *extra, model=None, monitor=None, images=None, out=None):
-    return invoke(
-        "flag",
-        model or s["model"],
-        "--monitor",
-        monitor or s["tmp"] / "monitor.json",
-        "--images",
-        images or s["audit"],
-        "-o",
-        out or s["tmp"] / "flags.csv",
-        *extra,
-    )
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+def flag(s, *extra, out=None, **paths):
+    return conftest.flag(s, out or s["tmp"] / "flags.csv", *extra, **paths)
 
 
 def test_info_shows_model(setup):
@@ -246,20 +198,25 @@ def test_bad_labels_exit_2(setup):
     assert r.exit_code == 2 and "labels.csv" in r.output
 
 
-def test_cuda_unavailable_exit_3(setup):
-    import onnxruntime as ort
-
-    from informer_audit.errors import DeviceUnavailableError
-    from informer_audit.model import OnnxClassifier
-
-    try:
-        OnnxClassifier(setup["model"], device="cuda")
-    except DeviceUnavailableError:
-        pass
-    else:
-        pytest.skip(f"a usable CUDA device exists here ({ort.get_device()})")
+@pytest.mark.parametrize("machine", ["cpu-build", "no-gpu"])
+def test_cuda_unavailable_exit_3(setup, onnx_providers, machine):
+    onnx_providers(machine)
     r = invoke("info", setup["model"], "--device", "cuda")
-    assert r.exit_code == 3 and "cuda" in r.output.lower()
+    assert r.exit_code == 3, r.output
+    assert "--device cuda" in r.output and "--device cpu" in r.output
+
+
+@pytest.mark.parametrize(
+    "machine, note",
+    [("cpu-build", "no CUDA provider"), ("no-gpu", "could not be created"), ("gpu", "CUDA (auto)")],
+)
+def test_info_says_which_device_auto_chose(setup, onnx_providers, machine, note):
+    onnx_providers(machine)
+    r = invoke("info", setup["model"], "--device", "auto", "--json")
+    assert r.exit_code == 0, r.output
+    model = json.loads(r.output)
+    assert note in model["device_note"]
+    assert model["device"] == ("cuda" if machine == "gpu" else "cpu")
 
 
 def test_unknown_saliency_is_a_usage_error(setup):

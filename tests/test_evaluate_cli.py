@@ -6,13 +6,21 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import NIH, REF_CARD, REF_MODEL, needs_shared, write_images
+import conftest
+from conftest import (
+    NIH,
+    REF_CARD,
+    REF_MODEL,
+    flag,
+    invoke,
+    needs_shared,
+    read_rows,
+    write_images,
+    write_labels,
+)
 from informer_audit.adapters.fd import FiniteDifferenceIxG
-from informer_audit.cli import cli
 from informer_audit.model import OnnxClassifier
 
 CLASSES = ("A", "B", "C")
@@ -21,20 +29,13 @@ REPORT = ("table1.csv", "bootstrap.csv", "failure_metrics.csv", "report.md")
 
 def _labelled(folder: Path, n: int, seed: int) -> Path:
     paths = write_images(folder / "imgs", n, size=20, seed=seed)
-    rng = np.random.default_rng(seed + 100)
-    labels = folder / "labels.csv"
-    with labels.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", *CLASSES])
-        for p in paths:
-            w.writerow([f"imgs/{p.name}", *rng.integers(0, 2, len(CLASSES))])
-    return labels
+    return write_labels(folder / "labels.csv", [f"imgs/{p.name}" for p in paths], seed=seed + 100)
 
 
 @pytest.fixture
 def setup(tmp_path, tiny_model):
     model, _ = tiny_model(classes=CLASSES, size=16, hidden=5, seed=1)
-    return {
+    s = {
         "model": model,
         "calib": tmp_path / "calib",
         "calib_labels": _labelled(tmp_path / "calib", 24, 2),
@@ -43,10 +44,9 @@ def setup(tmp_path, tiny_model):
         "out": tmp_path / "out",
         "tmp": tmp_path,
     }
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    # calibrate on calib, flag the test images (conftest's calibrate and flag)
+    return dict(s, val=s["calib"], labels=s["calib_labels"], audit=s["test"],
+                monitor=tmp_path / "monitor.json")  # fmt: skip
 
 
 def evaluate(s, *extra, out=None):
@@ -67,11 +67,6 @@ def evaluate(s, *extra, out=None):
         "cpu",
         *extra,
     )
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def header(path: Path) -> list[str]:
@@ -225,18 +220,7 @@ def test_monitors_written_by_evaluate_apply_with_flag(setup):
         ("msp", "msp"),
     ):
         csv_out = setup["tmp"] / f"flags_{row}.csv"
-        f = invoke(
-            "flag",
-            setup["model"],
-            "--monitor",
-            out / f"monitor_{row}.json",
-            "--images",
-            setup["test"],
-            "-o",
-            csv_out,
-            "--device",
-            "cpu",
-        )
+        f = flag(setup, csv_out, monitor=out / f"monitor_{row}.json")
         assert f.exit_code == 0, f.output
         rows = read_rows(csv_out)
         assert len(rows) == 20
@@ -260,45 +244,23 @@ def test_flag_refuses_a_method_other_than_the_monitors(setup):
     )
     out = setup["out"]
 
-    def flag(monitor, *extra):
-        return invoke(
-            "flag",
-            setup["model"],
-            "--monitor",
-            out / monitor,
-            "--images",
-            setup["test"],
-            "-o",
-            setup["tmp"] / "f.csv",
-            *extra,
-        )
+    def flag_with(monitor, *extra):
+        return flag(setup, setup["tmp"] / "f.csv", *extra, monitor=out / monitor)
 
-    r = flag("monitor_entropy.json", "--method", "informer")
+    r = flag_with("monitor_entropy.json", "--method", "informer")
     assert r.exit_code == 2
     assert "--method entropy" in r.output and "--method informer" in r.output
-    assert flag("monitor_entropy.json", "--method", "entropy").exit_code == 0
-    r = flag("monitor_tta.json", "--tta-copies", 5)
+    assert flag_with("monitor_entropy.json", "--method", "entropy").exit_code == 0
+    r = flag_with("monitor_tta.json", "--tta-copies", 5)
     assert r.exit_code == 2 and "method.copies is 3 in the monitor but 5" in r.output
-    r = flag("monitor_entropy.json", "--patch-size", 4)
+    r = flag_with("monitor_entropy.json", "--patch-size", 4)
     assert r.exit_code == 2 and "--patch-size applies to --method informer" in r.output
-    r = flag("monitor_entropy.json", "--with-matrix")
+    r = flag_with("monitor_entropy.json", "--with-matrix")
     assert r.exit_code == 2 and "--with-matrix needs saliency maps" in r.output
 
 
 def calibrate(s, *extra, out="monitor.json"):
-    return invoke(
-        "calibrate",
-        s["model"],
-        "--images",
-        s["calib"],
-        "--labels",
-        s["calib_labels"],
-        "-o",
-        s["tmp"] / out,
-        "--device",
-        "cpu",
-        *extra,
-    )
+    return conftest.calibrate(s, s["tmp"] / out, *extra, saliency=())
 
 
 def test_calibrate_method_entropy_needs_no_saliency(setup, counting):
@@ -323,16 +285,7 @@ def test_calibrate_method_tta_binds_its_settings(setup):
     method = doc["binding"]["method"]
     assert (method["name"], method["copies"], method["seed"]) == ("tta", 4, 7)
     assert doc["monitor"]["direction"] == "above"
-    f = invoke(
-        "flag",
-        setup["model"],
-        "--monitor",
-        setup["tmp"] / "monitor.json",
-        "--images",
-        setup["test"],
-        "-o",
-        setup["tmp"] / "f.csv",
-    )
+    f = flag(setup, setup["tmp"] / "f.csv")
     assert f.exit_code == 0, f.output
     assert "tta_C" in read_rows(setup["tmp"] / "f.csv")[0]
 
@@ -360,18 +313,7 @@ def test_calibrate_and_flag_use_the_cache_when_asked(setup, counting):
     assert counting["explained"] == 24  # the second run explained nothing
     assert (setup["tmp"] / "monitor.json").read_bytes() == first
     # flag reads the entries calibrate stored (same model, images, settings: same keys)
-    f = invoke(
-        "flag",
-        setup["model"],
-        "--monitor",
-        setup["tmp"] / "monitor.json",
-        "--images",
-        setup["calib"],
-        "-o",
-        setup["tmp"] / "f.csv",
-        "--cache",
-        cache,
-    )
+    f = flag(setup, setup["tmp"] / "f.csv", "--cache", cache, images=setup["calib"])
     assert f.exit_code == 0, f.output
     assert counting["explained"] == 24
 
@@ -381,31 +323,11 @@ def test_an_informer_monitor_without_method_in_its_binding_still_applies(setup):
     assert calibrate(setup, "--patch-size", 8).exit_code == 0
     doc = json.loads((setup["tmp"] / "monitor.json").read_text())
     assert "method" not in doc["binding"]
-    f = invoke(
-        "flag",
-        setup["model"],
-        "--monitor",
-        setup["tmp"] / "monitor.json",
-        "--images",
-        setup["test"],
-        "-o",
-        setup["tmp"] / "f.csv",
-        "--method",
-        "informer",
-    )
+    f = flag(setup, setup["tmp"] / "f.csv", "--method", "informer")
     assert f.exit_code == 0, f.output
     doc["binding"]["method"] = {"name": "entropy"}  # contradicts the monitor's method
     (setup["tmp"] / "bad.json").write_text(json.dumps(doc))
-    g = invoke(
-        "flag",
-        setup["model"],
-        "--monitor",
-        setup["tmp"] / "bad.json",
-        "--images",
-        setup["test"],
-        "-o",
-        setup["tmp"] / "g.csv",
-    )
+    g = flag(setup, setup["tmp"] / "g.csv", monitor=setup["tmp"] / "bad.json")
     assert g.exit_code == 2 and "does not name the monitor's method" in g.output
 
 

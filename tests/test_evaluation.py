@@ -13,22 +13,19 @@ from sklearn.metrics import roc_auc_score
 
 from informer_audit.baselines import entropy_score, msp_score
 from informer_audit.errors import EvaluationError, ReportError
-from informer_audit.evaluation import (
-    NO_AUDIT,
-    REPORT_FILES,
-    ScoredSet,
+from informer_audit.evaluation import NO_AUDIT, ScoredSet, evaluate_methods
+from informer_audit.evaluation_report import REPORT_FILES, write_evaluation_report
+from informer_audit.metrics import (
     augrc,
     aurc,
     bootstrap_indices,
     bootstrap_mean_f1,
-    evaluate_methods,
     failure_auroc,
     failure_metrics,
     paired_ttest,
     risk_coverage_curve,
     significance_stars,
     swap_metrics,
-    write_report,
 )
 
 # -- metrics after swapping ---------------------------------------------------------------------
@@ -352,7 +349,7 @@ def test_write_report_files_headers_and_reproducibility(tmp_path):
     cal, test = random_sets(seed=2)
     res = evaluate_methods(cal, test, ["A", "B", "C"], n_bootstrap=4, seed=1)
     prov = {"model": "m.onnx", "saliency": {"fd": {"patch_size": 16}}}
-    written = write_report(res, tmp_path / "a", title="Eval", provenance=prov)
+    written = write_evaluation_report(res, tmp_path / "a", title="Eval", provenance=prov)
     assert sorted(p.name for p in written) == sorted(REPORT_FILES)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(REPORT_FILES)  # no temps
     out = tmp_path / "a"
@@ -382,7 +379,7 @@ def test_write_report_files_headers_and_reproducibility(tmp_path):
     report = (out / "report.md").read_text()
     assert report.startswith("# Eval\n") and "m.onnx" in report and "flags nothing" in report
     assert "bootstrap_boxplot.png" in report and "risk_coverage.png" in report
-    write_report(res, tmp_path / "b", title="Eval", provenance=prov)
+    write_evaluation_report(res, tmp_path / "b", title="Eval", provenance=prov)
     for name in REPORT_FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
@@ -390,10 +387,10 @@ def test_write_report_files_headers_and_reproducibility(tmp_path):
 def test_write_report_without_plots_and_without_matplotlib(tmp_path, monkeypatch):
     cal, test = hand_sets()
     res = evaluate_methods(cal, test, ["A"], n_bootstrap=3)
-    written = write_report(res, tmp_path / "np", plots=False)
+    written = write_evaluation_report(res, tmp_path / "np", plots=False)
     assert not any(p.suffix == ".png" for p in written)
     assert ".png" not in (tmp_path / "np" / "report.md").read_text()
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with pytest.raises(ReportError, match="matplotlib"):
-        write_report(res, tmp_path / "x")
+        write_evaluation_report(res, tmp_path / "x")
     assert not (tmp_path / "x").exists()

@@ -10,14 +10,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
-from conftest import NIH, REF_CARD, REF_MODEL, needs_shared, write_images
+from conftest import NIH, REF_CARD, REF_MODEL, invoke, needs_shared, write_images
 
 torch = pytest.importorskip("torch")
 
 from informer_audit import __version__  # noqa: E402
-from informer_audit.cli import cli  # noqa: E402
 from informer_audit.densenet import densenet121  # noqa: E402
 from informer_audit.errors import CheckpointError, ExportError, ModelSpecError  # noqa: E402
 from informer_audit.export import (  # noqa: E402
@@ -28,11 +26,11 @@ from informer_audit.export import (  # noqa: E402
     load_weights,
     rename_legacy_densenet_key,
 )
-from informer_audit.model import (  # noqa: E402
+from informer_audit.model import OnnxClassifier  # noqa: E402
+from informer_audit.modelcard import (  # noqa: E402
     CARD_METADATA_KEY,
     PROVENANCE_METADATA_KEY,
     ModelCard,
-    OnnxClassifier,
 )
 
 pytestmark = pytest.mark.torch
@@ -41,10 +39,6 @@ CLASSES = ["A", "B", "C"]
 SIZE = 64
 REF_WEIGHTS = REF_MODEL.with_suffix(".pt")
 REF_CLASSES = "Atelectasis,Cardiomegaly,Consolidation,Edema,Effusion"
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def seeded_densenet(k: int = 3, seed: int = 0, channels: int = 3):

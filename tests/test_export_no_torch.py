@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from informer_audit.cli import cli
+from conftest import invoke, run_python
 from informer_audit.errors import ExportError, ModelSpecError
 from informer_audit.export import (
     ARCHITECTURES,
@@ -21,22 +19,18 @@ from informer_audit.export import (
 )
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 def export(*extra, out="m.onnx"):
     return invoke(
         "export", "densenet121", "--classes", "A,B", "--image-size", 32, "-o", out, *extra
     )
 
 
-def test_cli_import_and_help_stay_light():
+def test_cli_import_and_help_stay_light(tmp_path):
     code = (
         "import sys, informer_audit, informer_audit.cli, informer_audit.export; "
         "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = run_python("-c", code, cwd=tmp_path, check=True)  # the installed package
     assert out.stdout.strip() == "[]"
     r = invoke("--help")
     assert r.exit_code == 0 and "export" in r.output

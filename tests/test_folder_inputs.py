@@ -13,21 +13,18 @@ import csv
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import tifffile
-from click.testing import CliRunner
 from PIL import Image, ImageOps
 
-from conftest import build_linear_model, card_dict, write_dicom, write_images
+from conftest import calibrate, flag, labelled_folder, write_dicom, write_images
 from informer_audit import images
-from informer_audit.cli import cli
 from informer_audit.errors import ImageReadError
 from informer_audit.images import load_image, scan_folder
 
-CLASSES = ["A", "B", "C"]
 RNG = np.random.default_rng(0)
 UPRIGHT = RNG.integers(0, 256, (6, 10), dtype=np.uint8)  # 6 rows, 10 columns: not square
 UPRIGHT_RGB = RNG.integers(0, 256, (6, 10, 3), dtype=np.uint8)
@@ -365,43 +362,13 @@ def test_pillow_limit_applies_to_every_format(
 
 
 # --- the principle, through flag: every file is a CSV row or a skipped entry -----------------
-def invoke(*args: Any) -> Any:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
-def monitor(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("folder_inputs")
-    rng = np.random.default_rng(1)
-    d = 3 * 16 * 16
-    model = build_linear_model(
-        tmp / "model.onnx",
-        rng.normal(0, 1 / np.sqrt(5), (5, 3)),
-        rng.normal(0, 0.1, 3),
-        channels=3,
-        size=16,
-        hidden=rng.normal(0, 1 / np.sqrt(d), (d, 5)),
-        card=card_dict(CLASSES, 16, 3),
-    )
-    val = tmp / "val"
-    names = [p.name for p in write_images(val, 12, seed=2)]
-    labels = val.parent / "labels.csv"
-    with labels.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", *CLASSES])
-        for name in names:
-            w.writerow([name, *rng.integers(0, 2, 3)])
-    out = tmp / "monitor.json"
-    r = invoke("calibrate", model, "--images", val, "--labels", labels, "-o", out,
-               "--patch-size", 8, "--device", "cpu")  # fmt: skip
+def monitor(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    e = labelled_folder(tmp_path_factory.mktemp("folder_inputs"), n_audit=0, labels_in_val=False)
+    e["monitor"] = e["tmp"] / "monitor.json"
+    r = calibrate(e, e["monitor"])
     assert r.exit_code == 0, r.output
-    return model, out
-
-
-def flag(monitor: tuple[Path, Path], images_dir: Path, out: Path) -> Any:
-    model, mon = monitor
-    return invoke("flag", model, "--monitor", mon, "--images", images_dir, "-o", out,
-                  "--device", "cpu")  # fmt: skip
+    return e
 
 
 def build_mixed(t: Path) -> Path:
@@ -437,10 +404,10 @@ def skipped_lines(output: str, root: Path) -> dict[str, str]:
     return listed
 
 
-def test_every_file_is_a_row_or_skipped_once(tmp_path: Path, monitor: tuple[Path, Path]) -> None:
+def test_every_file_is_a_row_or_skipped_once(tmp_path: Path, monitor: dict[str, Path]) -> None:
     root = build_mixed(tmp_path)
     out = tmp_path / "out" / "flags.csv"
-    r = flag(monitor, root, out)
+    r = flag(monitor, out, images=root)
     assert r.exit_code == 1, r.output  # two images failed; skipped files alone would be 0
     with out.open(newline="") as fh:
         rows = [Path(row["path"]).relative_to(root).as_posix() for row in csv.DictReader(fh)]
@@ -468,22 +435,22 @@ def test_every_file_is_a_row_or_skipped_once(tmp_path: Path, monitor: tuple[Path
     assert "2 file(s) failed" in r.output
 
 
-def test_skipped_files_alone_keep_exit_code_0(tmp_path: Path, monitor: tuple[Path, Path]) -> None:
+def test_skipped_files_alone_keep_exit_code_0(tmp_path: Path, monitor: dict[str, Path]) -> None:
     root = tmp_path / "imgs"
     write_images(root, 2, seed=5)
     (root / "labels.csv").write_text("path,A\n")
-    r = flag(monitor, root, tmp_path / "f.csv")
+    r = flag(monitor, tmp_path / "f.csv", images=root)
     assert r.exit_code == 0, r.output
     assert "1 file(s) under --images were skipped" in r.output and "1 not an image" in r.output
     assert f"{root}/labels.csv: not an image" in r.output
 
 
 def test_a_folder_of_non_images_names_what_it_skipped(
-    tmp_path: Path, monitor: tuple[Path, Path]
+    tmp_path: Path, monitor: dict[str, Path]
 ) -> None:
     root = tmp_path / "docs"
     root.mkdir()
     (root / "notes.txt").write_text("no images here")
-    r = flag(monitor, root, tmp_path / "f.csv")
+    r = flag(monitor, tmp_path / "f.csv", images=root)
     assert r.exit_code == 2 and "no images found" in r.output
     assert "1 file(s) skipped" in r.output and "notes.txt: not an image" in r.output

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import REF_CARD, REF_MODEL, analytic_ixg, needs_shared, patch_sum
+from conftest import REF_CARD, REF_MODEL, analytic_ixg, invoke, needs_shared, patch_sum
 from informer_audit.errors import SaliencyError
 from informer_audit.model import OnnxClassifier
 from informer_audit.saliency import available_adapters, get_adapter
@@ -273,25 +273,17 @@ def _labelled_subset(tmp_path: Path, n: int = 6) -> tuple[Path, Path]:
 
 @needs_shared
 def test_cli_gradient_on_the_reference_checkpoint(tmp_path):
-    from click.testing import CliRunner
-
-    from informer_audit.cli import cli
-
     images, labels = _labelled_subset(tmp_path)
     weights = REF_MODEL.with_suffix(".pt")
     base = [
         "calibrate", str(REF_MODEL), "--model-card", str(REF_CARD), "--images", str(images),
         "--labels", str(labels), "--saliency", "gradient", "--device", "cpu",
     ]  # fmt: skip
-    ok = CliRunner().invoke(
-        cli,
-        [*base, "-o", str(tmp_path / "m.json"), "--torch-weights", str(weights),
-         "--torch-arch", "densenet121"],
-    )  # fmt: skip
+    ok = invoke(*base, "-o", tmp_path / "m.json", "--torch-weights", weights,
+                "--torch-arch", "densenet121")  # fmt: skip
     assert ok.exit_code == 0, ok.output
     # The vendor ONNX file names no architecture: --torch-arch is needed.
-    no_arch = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "x.json"),
-                                       "--torch-weights", str(weights)])  # fmt: skip
+    no_arch = invoke(*base, "-o", tmp_path / "x.json", "--torch-weights", weights)
     assert no_arch.exit_code == 2 and "--torch-arch" in no_arch.output
     # A checkpoint of another model is refused, not explained.
     import torch
@@ -301,8 +293,8 @@ def test_cli_gradient_on_the_reference_checkpoint(tmp_path):
     other = tmp_path / "other.pt"
     torch.manual_seed(0)
     torch.save(densenet121(num_classes=5).state_dict(), other)
-    bad = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "y.json"), "--torch-weights",
-                                   str(other), "--torch-arch", "densenet121"])  # fmt: skip
+    bad = invoke(*base, "-o", tmp_path / "y.json", "--torch-weights", other,
+                 "--torch-arch", "densenet121")  # fmt: skip
     assert bad.exit_code == 2
     assert "does not compute the same scores" in bad.output
     assert not (tmp_path / "y.json").exists()

@@ -20,6 +20,7 @@ from informer_audit.audit import Auditor
 from informer_audit.errors import SaliencyError
 from informer_audit.model import OnnxClassifier
 from informer_audit.saliency import adapter_from_settings, available_adapters, get_adapter
+from informer_audit.scorers import InformerScorer
 
 # Quickshift settings that cut a 32 px test image into ~16 segments (lime's defaults, tuned for
 # photographs, leave it in 1-2 segments); the equivalence test also runs lime's defaults at 64 px.
@@ -320,7 +321,9 @@ def test_runs_inside_the_auditor(tmp_path, model):
     from conftest import write_images
 
     paths = write_images(tmp_path / "imgs", 3, size=32, mode="RGB")
-    auditor = Auditor(model, get_adapter("lime", num_samples=30, **FINE), keep_maps=True)
+    auditor = Auditor(
+        model, InformerScorer(get_adapter("lime", num_samples=30, **FINE)), keep_maps=True
+    )
     results = list(auditor.run([(p.name, p) for p in paths]))
     assert all(r.ok for r in results)
     assert results[0].maps is not None and results[0].maps.shape == (3, 32, 32)

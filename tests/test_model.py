@@ -19,13 +19,8 @@ from PIL import Image
 
 from conftest import build_linear_model, card_dict
 from informer_audit.errors import DeviceUnavailableError, InformerAuditError, ModelSpecError
-from informer_audit.model import (
-    CARD_FIELDS,
-    CARD_METADATA_KEY,
-    ModelCard,
-    OnnxClassifier,
-    resolve_card,
-)
+from informer_audit.model import OnnxClassifier
+from informer_audit.modelcard import CARD_FIELDS, CARD_METADATA_KEY, ModelCard, resolve_card
 
 CLASSES = ["A", "B", "C"]
 GRAY_128 = (128 / 255 - 0.5) / 0.25  # the hand-computed normalised value of a 128 pixel
@@ -787,17 +782,6 @@ def test_sha256_is_the_file_digest_and_follows_a_weight_byte(tiny_model, tmp_pat
 # -- device --------------------------------------------------------------------------------------
 
 
-def try_cuda(path: Path) -> OnnxClassifier | None:
-    """The classifier on CUDA when a usable GPU exists, else None (DeviceUnavailableError)."""
-    try:
-        clf = OnnxClassifier(path, device="cuda")
-    except DeviceUnavailableError:
-        return None
-    assert clf.device == "cuda"
-    assert clf.providers[0] == "CUDAExecutionProvider"
-    return clf
-
-
 def test_device_cpu(tiny_model):
     path, _ = tiny_model()
     clf = OnnxClassifier(path, device="cpu")
@@ -806,31 +790,47 @@ def test_device_cpu(tiny_model):
     assert "CPU" in clf.device_note
 
 
-def test_device_auto_without_gpu_falls_back_to_cpu_and_says_so(tiny_model):
+def test_device_auto_on_this_machine_says_what_it_chose(tiny_model):
     path, _ = tiny_model()
     clf = OnnxClassifier(path, device="auto")
-    if clf.device == "cuda":
-        assert try_cuda(path) is not None
-        assert clf.providers[0] == "CUDAExecutionProvider"
-        pytest.skip("a usable GPU exists here: device='auto' rightly chose CUDA")
-    assert clf.device == "cpu"
-    assert clf.providers == ["CPUExecutionProvider"]
-    assert "CPU" in clf.device_note
-    assert "auto" in clf.device_note or "no CUDA provider" in clf.device_note
+    assert (
+        clf.providers[0]
+        == {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}[clf.device]
+    )
+    assert clf.device_note.startswith(clf.device.upper())
 
 
-def test_device_cuda_without_gpu_raises(tiny_model):
+@pytest.mark.parametrize(
+    "machine, device, note, providers",
+    [
+        ("cpu-build", "auto", "no CUDA provider", ["CPUExecutionProvider"]),
+        ("no-gpu", "auto", "auto: CUDA provider present but could not be created", None),
+        ("gpu", "auto", "CUDA (auto)", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        ("gpu", "cuda", "CUDA (requested)", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        ("gpu", "cpu", "CPU (requested)", ["CPUExecutionProvider"]),
+    ],
+)
+def test_device_choice_with_and_without_a_gpu(
+    tiny_model, onnx_providers, machine, device, note, providers
+):
+    path, params = tiny_model()
+    onnx_providers(machine)
+    clf = OnnxClassifier(path, device=device)
+    assert clf.device == ("cuda" if note.startswith("CUDA") else "cpu")
+    assert note in clf.device_note
+    assert clf.providers == (providers or ["CPUExecutionProvider"])
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    np.testing.assert_allclose(clf.logits(x)[0], params["b"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("machine", ["cpu-build", "no-gpu"])
+def test_device_cuda_without_gpu_raises(tiny_model, onnx_providers, machine):
     path, _ = tiny_model()
-    try:
-        clf = OnnxClassifier(path, device="cuda")
-    except DeviceUnavailableError as exc:
-        assert "--device cuda" in str(exc)
-        assert not isinstance(exc, ModelSpecError)
-        return
-    # It worked: it must really be on CUDA (no silent CPU fallback), and then the "no GPU" case
-    # cannot be tested on this machine.
-    assert clf.device == "cuda" and clf.providers[0] == "CUDAExecutionProvider"
-    pytest.skip("device='cuda' works here (a usable GPU exists): cannot test the no-GPU error")
+    onnx_providers(machine)
+    with pytest.raises(DeviceUnavailableError, match="cuda") as info:
+        OnnxClassifier(path, device="cuda")
+    assert not isinstance(info.value, ModelSpecError)  # exit code 3, not 2
+    assert "cpu" in str(info.value)  # says what to use instead
 
 
 @pytest.mark.parametrize("device", ["gpu", "CPU", "cuda:0", ""])

@@ -18,11 +18,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import card_dict, write_images
-from informer_audit.cli import cli
+from conftest import calibrate_args, card_dict, invoke, write_images
 from informer_audit.distinctiveness import cosine_distance_matrix, distinctiveness
 from informer_audit.errors import ModelSpecError
 from informer_audit.images import load_image
@@ -32,10 +30,6 @@ from informer_audit.saliency import get_adapter
 CLASSES = ["A", "B", "C"]
 F32, F16, F64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE
 NP = {F32: np.float32, F16: np.float16, F64: np.float64}
-
-
-def invoke(*args: Any) -> Any:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def text(result: Any) -> str:
@@ -150,7 +144,7 @@ def zipmap(nodes: list[Any]) -> tuple[str, int]:
     return "probabilities", -1
 
 
-def write_labels(folder: Path, classes: list[str], n: int = 10) -> Path:
+def balanced_labels(folder: Path, classes: list[str], n: int = 10) -> Path:
     """``n`` images and a labels CSV in which every class has both labels."""
     paths = write_images(folder, n, size=20, seed=2)
     labels = folder / "labels.csv"
@@ -168,27 +162,17 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_images(tmp / "audit", 3, seed=5)
     return {
         "tmp": tmp,
-        "labels3": write_labels(tmp / "val3", CLASSES),
-        "labels2": write_labels(tmp / "val2", ["A", "B"]),
-        "labels1": write_labels(tmp / "val1", ["A"]),
+        "labels3": balanced_labels(tmp / "val3", CLASSES),
+        "labels2": balanced_labels(tmp / "val2", ["A", "B"]),
+        "labels1": balanced_labels(tmp / "val1", ["A"]),
         "audit": tmp / "audit",
     }
 
 
 def calibrate(data: dict[str, Path], model: Path, labels: str, *extra: Any) -> Any:
-    labels_csv = data[labels]
+    given = {"model": model, "images": data[labels].parent, "labels": data[labels]}
     return invoke(
-        "calibrate",
-        model,
-        "--images",
-        labels_csv.parent,
-        "--labels",
-        labels_csv,
-        "-o",
-        model.with_suffix(".monitor.json"),
-        "--device",
-        "cpu",
-        *extra,
+        *calibrate_args({}, model.with_suffix(".monitor.json"), *extra, saliency=(), **given)
     )
 
 

@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+from informer_audit.binding import check_binding
 from informer_audit.errors import MonitorFormatError, MonitorMismatchError, NotFittedError
 from informer_audit.monitor import (
     FlagMonitor,
     best_flag_threshold,
-    check_binding,
-    load_monitor,
-    save_monitor,
     scan_flag_thresholds,
     threshold_grid,
     youden_threshold,
 )
+from informer_audit.monitorfile import load_monitor, save_monitor
 
 # -- Youden -------------------------------------------------------------------------------------
 
@@ -182,7 +181,8 @@ def test_monitor_json_round_trip(tmp_path):
     mon, d, y, probs = toy_fit()
     path = tmp_path / "m.json"
     save_monitor(path, mon, BINDING, {"n_images": 80})
-    mon2, binding, cal = load_monitor(path)
+    loaded = load_monitor(path)
+    mon2, binding, cal = loaded.monitor, loaded.binding, loaded.calibration
     assert binding == BINDING and cal == {"n_images": 80}
     np.testing.assert_array_equal(mon2.prediction_thresholds_, mon.prediction_thresholds_)
     np.testing.assert_array_equal(mon2.flag_thresholds_, mon.flag_thresholds_)

@@ -18,20 +18,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import build_linear_model, card_dict, write_images
-from informer_audit.baselines import METHODS, entropy_score, make_monitor, msp_score
-from informer_audit.cli import cli
+from conftest import PATCH_8, build_linear_model, calibrate, card_dict, flag, write_images
+from informer_audit.baselines import entropy_score, msp_score
 from informer_audit.errors import MonitorFormatError
-from informer_audit.monitor import (
-    FlagMonitor,
-    best_flag_threshold,
-    load_monitor,
-    save_monitor,
-    scan_flag_thresholds,
-)
+from informer_audit.monitor import FlagMonitor, best_flag_threshold, scan_flag_thresholds
+from informer_audit.monitorfile import load_monitor, save_monitor
+from informer_audit.scorers import available_scorers, make_monitor
 
+METHODS = available_scorers()
 CLASSES = ["A", "B", "C"]
 SHA = "ab" * 32
 BINDING = {
@@ -81,7 +76,8 @@ def test_saved_monitors_load_and_round_trip(tmp_path: Path, method: str) -> None
     # INFORMER's binding has no "method" (as in files from before the baselines)
     assert ("method" in binding_of(method)) == (method != "informer")
     save_monitor(path, mon, binding_of(method))
-    back, binding, _ = load_monitor(path)
+    loaded = load_monitor(path)
+    back, binding = loaded.monitor, loaded.binding
     assert (back.method, back.direction) == (method, METHODS[method].direction)
     np.testing.assert_array_equal(back.flag_thresholds_, mon.flag_thresholds_)
     np.testing.assert_array_equal(back.prediction_thresholds_, mon.prediction_thresholds_)
@@ -379,7 +375,7 @@ def test_values_the_writer_can_write_are_kept(
     change(doc)
     path = tmp_path / "edited.json"
     path.write_text(json.dumps(doc))
-    mon, _, _ = load_monitor(path)
+    mon = load_monitor(path).monitor
     assert mon.method == method
 
 
@@ -456,7 +452,8 @@ def test_fuzz_load_gives_a_monitor_or_monitor_format_error(tmp_path: Path) -> No
             method = list(METHODS)[case % len(METHODS)]
             path.write_text(json.dumps(mutate(docs[method], rng)))
         try:
-            mon, binding, calibration = load_monitor(path)
+            loaded = load_monitor(path)
+            mon, binding, calibration = loaded.monitor, loaded.binding, loaded.calibration
         except MonitorFormatError as exc:
             assert str(path) in str(exc), exc
             outcomes["refused"] += 1
@@ -531,10 +528,6 @@ def test_fit_without_positives_above_flags_no_image() -> None:
 # -- through the CLI ------------------------------------------------------------------------------
 
 
-def invoke(*args: Any) -> Any:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("schema")
@@ -562,35 +555,25 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {"tmp": tmp, "model": model, "val": val, "labels": labels, "audit": audit}
     for method in ("informer", "entropy"):
         monitor = tmp / f"{method}.json"
-        r = invoke(
-            "calibrate", model, "--images", val, "--labels", labels, "-o", monitor,
-            "--method", method, "--device", "cpu",
-            *(("--patch-size", 8) if method == "informer" else ()),
-        )  # fmt: skip
+        saliency = PATCH_8 if method == "informer" else ()
+        r = calibrate(out, monitor, "--method", method, saliency=saliency)
         assert r.exit_code == 0, r.output
         out[method] = monitor
     return out
-
-
-def flag(env: dict[str, Path], monitor: Path, out: Path) -> Any:
-    return invoke(
-        "flag", env["model"], "--monitor", monitor, "--images", env["audit"], "-o", out,
-        "--device", "cpu",
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["informer", "entropy"])
 def test_class_without_positives_is_never_swapped(
     tmp_path: Path, env: dict[str, Path], method: str
 ) -> None:
-    mon, _, _ = load_monitor(env[method])
+    mon = load_monitor(env[method]).monitor
     c = mon.fits_[2]
     # Nothing labelled or predicted C: F1 undefined before swapping, 0 after any swap.
     assert c.n_pos == 0 and math.isnan(c.f1_before)
     assert c.n_flags == 0 and "F1 undefined" in c.note and "nothing flagged" in c.note
     assert c.flag_threshold == (0.0 if method == "informer" else 1.0)
     out = tmp_path / "flags.csv"
-    r = flag(env, env[method], out)
+    r = flag(env, out, monitor=env[method])
     assert r.exit_code == 0, r.output
     with out.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -614,7 +597,7 @@ def test_flag_refuses_an_edited_monitor(tmp_path: Path, env: dict[str, Path], ed
     monitor = tmp_path / "edited.json"
     monitor.write_text(json.dumps(doc))
     out = tmp_path / "flags.csv"
-    r = flag(env, monitor, out)
+    r = flag(env, out, monitor=monitor)
     text = r.output.replace("\n", "")
     assert r.exit_code == 2, r.output
     assert str(monitor) in text and edit.message in text and "Traceback" not in text
@@ -624,5 +607,5 @@ def test_flag_refuses_an_edited_monitor(tmp_path: Path, env: dict[str, Path], ed
 def test_flag_refuses_random_bytes(tmp_path: Path, env: dict[str, Path]) -> None:
     monitor = tmp_path / "noise.json"
     monitor.write_bytes(np.random.default_rng(1).bytes(200))
-    r = flag(env, monitor, tmp_path / "flags.csv")
+    r = flag(env, tmp_path / "flags.csv", monitor=monitor)
     assert r.exit_code == 2 and str(monitor) in r.output.replace("\n", "")

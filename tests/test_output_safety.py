@@ -25,82 +25,41 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import build_linear_model, card_dict, write_images
+from conftest import (
+    CARD,
+    CLASSES,
+    calibrate,
+    count_loads,
+    flag,
+    invoke,
+    labelled_folder,
+    write_images,
+    write_labels,
+)
 from informer_audit import audit as pipeline
-from informer_audit import monitor as monitor_module
-from informer_audit.cli import cli
+from informer_audit import monitorfile
 from informer_audit.journal import journal_path
-from informer_audit.monitor import load_monitor
-
-CLASSES = ["A", "B", "C"]
-CARD = card_dict(CLASSES, 16, 3)
-
-
-def invoke(*args: Any) -> Any:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def write_labels(path: Path, names: list[str], seed: int = 4) -> Path:
-    rng = np.random.default_rng(seed)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", *CLASSES])
-        for name in names:
-            w.writerow([name, *rng.integers(0, 2, 3)])
-    return path
-
-
-def linear(path: Path) -> Path:
-    rng = np.random.default_rng(1)
-    d = 3 * 16 * 16
-    return build_linear_model(
-        path,
-        rng.normal(0, 1 / np.sqrt(5), (5, 3)),
-        rng.normal(0, 0.1, 3),
-        channels=3,
-        size=16,
-        hidden=rng.normal(0, 1 / np.sqrt(d), (d, 5)),
-        card=CARD,
-    )
+from informer_audit.monitorfile import load_monitor
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("outputs")
-    model = linear(tmp / "model.onnx")
-    card = tmp / "card.json"
-    card.write_text(json.dumps(CARD))
-    val = tmp / "val"
-    labels = write_labels(val / "labels.csv", [p.name for p in write_images(val, 12, seed=2)])
-    audit = tmp / "audit"
-    write_images(audit, 3, seed=5)
-    monitor = tmp / "monitor.json"
-    r = invoke(
-        "calibrate", model, "--images", val, "--labels", labels, "-o", monitor,
-        "--patch-size", 8, "--device", "cpu",
-    )  # fmt: skip
+    e = labelled_folder(tmp_path_factory.mktemp("outputs"))
+    tmp = e["tmp"]
+    e["card"] = tmp / "card.json"
+    e["card"].write_text(json.dumps(CARD))
+    e["monitor"] = tmp / "monitor.json"
+    r = calibrate(e, e["monitor"])
     assert r.exit_code == 0, r.output
-    flags = tmp / "flags.csv"
-    r = invoke("flag", model, "--monitor", monitor, "--images", audit, "-o", flags)
+    e["flags"] = tmp / "flags.csv"
+    r = flag(e, e["flags"])
     assert r.exit_code == 0, r.output
-    weights = tmp / "weights.pt"
-    weights.write_bytes(b"not read: the output check comes first")
-    return {
-        "tmp": tmp,
-        "model": model,
-        "card": card,
-        "val": val,
-        "labels": labels,
-        "audit": audit,
-        "monitor": monitor,
-        "flags": flags,
-        "weights": weights,
-        "image": audit / "img_000.png",
-    }
+    e["weights"] = tmp / "weights.pt"
+    e["weights"].write_bytes(b"not read: the output check comes first")
+    e["image"] = e["audit"] / "img_000.png"
+    return e
 
 
 def args_for(command: str, e: dict[str, Path], **given: Any) -> list[Any]:
@@ -448,14 +407,14 @@ def test_failed_monitor_write_after_scoring_is_recovered(
     tmp_path: Path, env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out, scores = tmp_path / "monitor.json", tmp_path / "scores.csv"
-    real = monitor_module.save_monitor
+    real = monitorfile.save_monitor
 
     def save(path: Any, *args: Any, **kw: Any) -> None:
         if Path(path) == out:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, *args, **kw)
 
-    monkeypatch.setattr(monitor_module, "save_monitor", save)
+    monkeypatch.setattr(monitorfile, "save_monitor", save)
     r = invoke(*args_for("calibrate", env, **{"-o": out, "--scores-csv": scores}))
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output
@@ -465,8 +424,9 @@ def test_failed_monitor_write_after_scoring_is_recovered(
     recovery = Path(found.group(1))
     try:
         assert recovery.name.startswith("informer-audit-recovered-")
-        monitor, binding, _ = load_monitor(recovery / "monitor.json")
-        assert monitor.method == "informer" and binding["audited_classes"] == CLASSES
+        loaded = load_monitor(recovery / "monitor.json")
+        monitor, binding = loaded.monitor, loaded.binding
+        assert monitor.method == "informer" and binding["audited_classes"] == list(CLASSES)
         assert not out.exists() and scores.is_file()  # the write that worked is in place
     finally:
         shutil.rmtree(recovery, ignore_errors=True)
@@ -496,20 +456,6 @@ def test_failed_flags_csv_write_keeps_the_rows_in_the_journal(
 
 
 # -- 5. "resumed" says what really happened -----------------------------------------------------
-def count_loads(monkeypatch: pytest.MonkeyPatch, stop_at: int = 0) -> list[Path]:
-    calls: list[Path] = []
-    real = pipeline.load_image
-
-    def load(path: Any) -> Any:
-        calls.append(Path(path))
-        if len(calls) == stop_at:
-            raise KeyboardInterrupt
-        return real(path)
-
-    monkeypatch.setattr(pipeline, "load_image", load)
-    return calls
-
-
 def rows(path: Path) -> dict[str, dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as fh:
         return {Path(r["path"]).name: {**r, "path": ""} for r in csv.DictReader(fh)}

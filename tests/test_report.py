@@ -12,19 +12,18 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 from PIL import Image
-from reportkit import CLASSES, HOSTILE_NAMES, invoke, make_run, parse_page, read_rows
+from reportkit import CLASSES, HOSTILE_NAMES, make_run, parse_page
 
+from conftest import invoke, read_rows
 from informer_audit.audit import Auditor
 from informer_audit.errors import MapStoreError, MonitorMismatchError
+from informer_audit.flagsfile import read_flags_csv
 from informer_audit.mapstore import MapStore, map_file_name
 from informer_audit.model import OnnxClassifier
-from informer_audit.report import (
-    build_report,
-    image_candidates,
-    map_to_pixels,
-    read_flags_csv,
-)
+from informer_audit.report import build_report, image_candidates
+from informer_audit.report_figures import map_to_pixels
 from informer_audit.saliency import get_adapter
+from informer_audit.scorers import InformerScorer
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +238,7 @@ def test_saved_maps_are_named_by_hash_and_round_trip(run, tmp_path):
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(names) == len(ok) + 1
     model = OnnxClassifier(run["model"], device="cpu")
-    auditor = Auditor(model, get_adapter("fd", patch_size=8), keep_maps=True)
+    auditor = Auditor(model, InformerScorer(get_adapter("fd", patch_size=8)), keep_maps=True)
     for row in ok[:3]:
         stored = store.load(row["path"])
         assert stored is not None and stored.key == row["path"]

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from reportkit import invoke, make_run
+from reportkit import make_run
+
+from conftest import invoke
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -7,7 +7,6 @@ never are) and can slow loading down, so that SIGKILL lands in the middle of the
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -16,13 +15,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import write_images
-from informer_audit import audit as pipeline
-from informer_audit.cli import cli
+from conftest import (
+    calibrate_args,
+    count_loads,
+    flag_args,
+    invoke,
+    labelled_folder,
+    read_rows,
+    write_images,
+)
 from informer_audit.errors import ResumeError
 from informer_audit.journal import JOURNAL_FORMAT, FlagJournal, journal_path
 
@@ -52,70 +55,22 @@ main()
 
 
 @pytest.fixture
-def setup(tmp_path, tiny_model):
-    model, _ = tiny_model(classes=("A", "B", "C"), size=16, hidden=5, seed=1)
-    paths = write_images(tmp_path / "val", 16, size=20, seed=2)
-    rng = np.random.default_rng(4)
-    labels = tmp_path / "val" / "labels.csv"
-    with labels.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "A", "B", "C"])
-        for p in paths:
-            w.writerow([p.name, *rng.integers(0, 2, 3)])
-    audit = tmp_path / "audit"
-    write_images(audit, N_AUDIT - 8, size=20, seed=5)
-    write_images(audit / "sub", 8, size=20, seed=6)
+def setup(tmp_path):
+    s = labelled_folder(tmp_path, n_val=16, n_audit=N_AUDIT - 8, model_name="tiny.onnx")
+    write_images(s["audit"] / "sub", 8, size=20, seed=6)
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    s = {"model": model, "val": tmp_path / "val", "labels": labels, "audit": audit}
-    s.update(tmp=tmp_path, driver=driver, monitor=tmp_path / "monitor.json")
+    s.update(driver=driver, monitor=tmp_path / "monitor.json")
     r = invoke(*calibrate_args(s, s["monitor"]))
     assert r.exit_code == 0, r.output
     return s
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def calibrate_args(s, out, *extra):
-    return (
-        "calibrate",
-        s["model"],
-        "--images",
-        s["val"],
-        "--labels",
-        s["labels"],
-        "-o",
-        out,
-        "--patch-size",
-        8,
-        "--device",
-        "cpu",
-        *extra,
-    )
-
-
-def flag_args(s, out, *extra):
-    return (
-        "flag",
-        s["model"],
-        "--monitor",
-        s["monitor"],
-        "--images",
-        s["audit"],
-        "-o",
-        out,
-        "--device",
-        "cpu",
-        *extra,
-    )
 
 
 def spawn(s, args, log: Path, delay: float) -> subprocess.Popen:
     env = dict(os.environ, IA_LOAD_LOG=str(log), IA_DELAY=str(delay), OMP_NUM_THREADS="1")
     return subprocess.Popen(
         [sys.executable, str(s["driver"]), *map(str, args), "--threads", "1"],
+        cwd=s["tmp"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -144,11 +99,6 @@ def journal_records(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             pass  # the torn last line of the killed write, if any
     return records
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 # -- kill -9 and resume, through the CLI ----------------------------------------------------------
@@ -226,39 +176,12 @@ def test_calibrate_killed_with_sigkill_keeps_its_cached_scores(setup):
 
 
 # -- resume rules, in process -------------------------------------------------------------------
-def interrupt_after(monkeypatch, n: int) -> list[Path]:
-    """Make the pipeline's n-th image load raise KeyboardInterrupt (a Ctrl-C); log loads."""
-    calls: list[Path] = []
-    real = pipeline.load_image
-
-    def load(path):
-        calls.append(Path(path))
-        if len(calls) == n:
-            raise KeyboardInterrupt
-        return real(path)
-
-    monkeypatch.setattr(pipeline, "load_image", load)
-    return calls
-
-
-def count_loads(monkeypatch) -> list[Path]:
-    calls: list[Path] = []
-    real = pipeline.load_image
-
-    def load(path):
-        calls.append(Path(path))
-        return real(path)
-
-    monkeypatch.setattr(pipeline, "load_image", load)
-    return calls
-
-
 def test_renamed_and_moved_images_reuse_their_rows(setup, monkeypatch):
     s = setup
     reference = s["tmp"] / "reference.csv"
     assert invoke(*flag_args(s, reference)).exit_code == 0
     out = s["tmp"] / "flags.csv"
-    interrupt_after(monkeypatch, 12)  # the first chunk of 8 is journaled, then Ctrl-C
+    count_loads(monkeypatch, stop_at=12)  # the first chunk of 8 is journaled, then Ctrl-C
     r = invoke(*flag_args(s, out))
     assert r.exit_code == 130  # interrupted: not 1, which means "done, some files failed"
     assert "interrupted" in r.output and "rerun the same command to resume" in r.output
@@ -289,7 +212,7 @@ def test_failed_images_are_retried_on_resume(setup, monkeypatch):
     fixed = write_images(s["tmp"] / "spare", 1, size=20, seed=99)[0].read_bytes()
     broken.write_bytes(fixed[: len(fixed) // 2])  # truncated PNG
     out = s["tmp"] / "flags.csv"
-    interrupt_after(monkeypatch, 12)
+    count_loads(monkeypatch, stop_at=12)
     assert invoke(*flag_args(s, out)).exit_code == 130  # interrupted, not "some files failed"
     assert len(journal_records(journal_path(out))) == 7  # the failure is not recorded
     broken.write_bytes(fixed)  # repaired before the rerun
@@ -304,7 +227,7 @@ def test_failed_images_are_retried_on_resume(setup, monkeypatch):
 def test_a_journal_of_other_settings_is_refused_until_restart(setup, monkeypatch):
     s = setup
     out = s["tmp"] / "flags.csv"
-    interrupt_after(monkeypatch, 12)
+    count_loads(monkeypatch, stop_at=12)
     assert invoke(*flag_args(s, out)).exit_code == 130  # interrupted, not "some files failed"
     monkeypatch.undo()
     r = invoke(*flag_args(s, out, "--with-matrix"))

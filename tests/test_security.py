@@ -6,13 +6,19 @@ import ast
 import csv
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import REPO, write_images
+from conftest import (
+    CLI_MAIN,
+    REPO,
+    calibrate_args,
+    flag_args,
+    labelled_folder,
+    run_python,
+    write_images,
+)
 from informer_audit.errors import OutputPathError
 from informer_audit.paths import printable, safe_child, safe_filename
 
@@ -116,47 +122,27 @@ socket.socketpair = _refuse
 """
 
 
-def test_cli_runs_with_sockets_blocked(tmp_path: Path, tiny_model) -> None:
-    model, _ = tiny_model(hidden=5, seed=1)
-    images = write_images(tmp_path / "val", 8, seed=2)
-    rng = np.random.default_rng(0)
-    with (tmp_path / "val" / "labels.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "A", "B", "C"])
-        for p in images:
-            w.writerow([p.name, *rng.integers(0, 2, 3)])
+def test_cli_runs_with_sockets_blocked(tmp_path: Path) -> None:
+    e = labelled_folder(tmp_path, n_val=8, n_audit=0, label_seed=0)
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     log = tmp_path / "net.log"
-    env = dict(os.environ, IA_NET_LOG=str(log), PYTHONPATH=str(site))
-    env.pop("PYTHONNOUSERSITE", None)
+    env = {"IA_NET_LOG": str(log), "PYTHONPATH": str(site), "PYTHONNOUSERSITE": None}
 
     def run(*args: object) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "informer_audit.cli", *map(str, args)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        # From tmp_path: the installed informer_audit, not the source folder (editable or not).
+        return run_python("-c", CLI_MAIN, *args, cwd=tmp_path, env=env, timeout=300)
 
-    probe = subprocess.run(
-        [sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
-        env=env,
-        capture_output=True,
-        text=True,
+    probe = run_python(
+        "-c", "import socket; socket.create_connection(('127.0.0.1', 9))", cwd=tmp_path, env=env
     )
     assert probe.returncode != 0 and "network access is blocked" in probe.stderr
-    calibrate = run(
-        "calibrate", model, "--images", tmp_path / "val", "--labels",
-        tmp_path / "val" / "labels.csv", "-o", tmp_path / "m.json", "--patch-size", 8,
-        "--cache", tmp_path / "cache",
-    )  # fmt: skip
+    calibrate = run(*calibrate_args(e, tmp_path / "m.json", "--cache", tmp_path / "cache"))
     assert calibrate.returncode == 0, calibrate.stderr + calibrate.stdout
     flag = run(
-        "flag", model, "--monitor", tmp_path / "m.json", "--images", tmp_path / "val",
-        "-o", tmp_path / "flags.csv", "--with-matrix",
+        *flag_args(e, tmp_path / "flags.csv", "--with-matrix", monitor=tmp_path / "m.json",
+                   images=e["val"])
     )  # fmt: skip
     assert flag.returncode == 0, flag.stderr + flag.stdout
     assert (tmp_path / "flags.csv").is_file()

@@ -1,0 +1,177 @@
+"""From parsed options to library objects: the model, the scorer's settings, the label set.
+
+Options that do not apply to the chosen method or adapter are refused here, with the flags
+named (the library names its parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .options import TTA_OPTIONS, saliency_option_table
+
+
+def split_list(value: str | None, cast: Callable[[str], Any] = str) -> list[Any] | None:
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"cannot parse {value!r}: {exc}") from exc
+
+
+def load_model(kw: dict[str, Any], fallback: dict[str, Any] | None = None, source: str = "") -> Any:
+    """The :class:`OnnxClassifier` of the model options (popped from ``kw``)."""
+    from ..model import OnnxClassifier
+
+    size = split_list(kw.pop("image_size"), int)
+    overrides = {
+        "class_names": split_list(kw.pop("class_names")),
+        "image_size": (size * 2 if size and len(size) == 1 else size),
+        "channels": int(channels) if (channels := kw.pop("channels")) else None,
+        "layout": kw.pop("layout"),
+        "scale": kw.pop("scale"),
+        "mean": split_list(kw.pop("mean"), float),
+        "std": split_list(kw.pop("std"), float),
+        "output": kw.pop("output_kind"),
+    }
+    return OnnxClassifier(
+        kw.pop("model"),
+        card_file=kw.pop("model_card"),
+        overrides=overrides,
+        device=kw.pop("device"),
+        threads=kw.pop("threads"),
+        fallback_card=fallback,
+        fallback_source=source,
+    )
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _given(kw: dict[str, Any]) -> dict[str, Any]:
+    """The saliency options given (popped from ``kw``), by destination; shared ones kept."""
+    given = {}
+    for dest, (option, _) in saliency_option_table().items():
+        if option.default is not None:
+            continue  # always set (--batch-size): the library applies it where it fits
+        value = kw.pop(dest, None)
+        if value is not None:
+            given[dest] = value
+    return given
+
+
+def saliency_settings(kw: dict[str, Any], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(adapter parameters, front-end options)`` of adapter ``name``; others' refused.
+
+    The front-end options are those the adapter does not take in ``__init__`` (the gradient
+    adapter's ``weights`` and ``arch``).
+    """
+    table = saliency_option_table()
+    params: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for dest, value in _given(kw).items():
+        option, owners = table[dest]
+        if name not in owners:
+            raise click.UsageError(f"{_flag(dest)} applies to --saliency {owners[0]}, not {name}")
+        (params if option.init else extra)[option.param] = value
+    return params, extra
+
+
+def saliency_settings_several(
+    kw: dict[str, Any], names: list[str]
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Per adapter, :func:`saliency_settings`; an option of no chosen adapter refused."""
+    table = saliency_option_table()
+    given = _given(kw)
+    for dest in given:
+        owners = table[dest][1]
+        if not set(owners) & set(names):
+            chosen = ",".join(names) if names else "none (informer is not among --methods)"
+            raise click.UsageError(
+                f"{_flag(dest)} applies to --saliency {owners[0]}; --saliency is {chosen}"
+            )
+    out = {}
+    for name in names:
+        own = {d: v for d, v in given.items() if name in table[d][1]}
+        out[name] = saliency_settings(own, name)
+    return out
+
+
+def refuse_saliency(kw: dict[str, Any], method: str) -> None:
+    """Pop the saliency options; refuse any that was given, since ``method`` has no maps."""
+    for dest in ("saliency", *_given(dict(kw))):
+        value = kw.pop(dest, None)
+        if value is not None and value != []:
+            raise click.UsageError(
+                f"{_flag(dest)} applies to --method informer (saliency maps), not {method}"
+            )
+
+
+def pop_tta(kw: dict[str, Any], method_uses_tta: bool) -> dict[str, Any]:
+    """The TTA settings given on the command line; refused for methods other than tta."""
+    given = {
+        param: value for dest, param in TTA_OPTIONS.items() if (value := kw.pop(dest)) is not None
+    }
+    if given and not method_uses_tta:
+        raise click.UsageError("--tta-copies/--tta-seed apply to the tta method only")
+    return given
+
+
+def torch_module(model: Any, extra: dict[str, Any], adapter: str) -> Any:
+    """The gradient adapter's torch module from --torch-weights/--torch-arch, or None."""
+    weights, arch = extra.get("weights"), extra.get("arch")
+    if weights is None and arch is None:
+        return None
+    if adapter != "gradient":
+        raise click.UsageError(
+            f"--torch-weights/--torch-arch apply to --saliency gradient, not {adapter}"
+        )
+    if weights is None:
+        raise click.UsageError("--torch-arch needs --torch-weights")
+    from ..checkpoints import torch_module_for
+    from ..errors import ModelSpecError
+
+    try:
+        return torch_module_for(model, weights, arch)
+    except ModelSpecError as exc:
+        raise click.UsageError(str(exc).replace("give arch ", "give --torch-arch ")) from exc
+
+
+def score_cache(directory: Path | None) -> Any:
+    from ..cache import ScoreCache
+
+    return ScoreCache(directory) if directory is not None else None
+
+
+def class_map(kw: dict[str, Any], classes: list[str]) -> dict[str, str]:
+    from ..labels import parse_class_map
+
+    return parse_class_map(kw["classes"], classes)
+
+
+def read_labels(
+    kw: dict[str, Any], csv: Path, images: Path, classes: dict[str, str], **more: Any
+) -> Any:
+    """The label set of ``csv`` with the label options of ``kw`` (and ``more``)."""
+    from ..labels import read_labels as read
+
+    return read(
+        csv,
+        images,
+        classes,
+        fmt=kw["label_format"],
+        uncertain=kw["uncertain"],
+        path_column=kw["path_column"],
+        **more,
+    )
+
+
+def label_filters(kw: dict[str, Any]) -> dict[str, Any]:
+    """``frontal_only`` and ``require_finding`` as read_labels takes them."""
+    return {"frontal_only": kw["frontal_only"], "require_finding": kw["require_finding"]}

@@ -1,0 +1,116 @@
+"""``calibrate``: fit the monitor's thresholds on labelled images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from . import options as opt
+from . import render
+from .app import cli, handle_errors
+from .build import (
+    class_map,
+    label_filters,
+    load_model,
+    pop_tta,
+    read_labels,
+    refuse_saliency,
+    saliency_settings,
+    score_cache,
+    torch_module,
+)
+
+
+def build_scorer(kw: dict[str, Any], model: Any) -> Any:
+    """The scorer of ``--method`` and its options (shared by calibrate's and flag's parsing)."""
+    from ..scorers import build_scorer as build
+
+    method = kw.pop("method") or "informer"
+    tta = pop_tta(kw, method == "tta")
+    if method != "informer":
+        refuse_saliency(kw, method)
+        return build(method, tta=tta or None, batch_size=kw["batch_size"])
+    name = kw["saliency"] or "fd"
+    params, extra = saliency_settings(kw, name)
+    module = torch_module(model, extra, name)
+    return build(
+        method, saliency=name, saliency_params=params, module=module, batch_size=kw["batch_size"]
+    )
+
+
+@cli.command(cls=opt.SaliencyCommand)
+@opt.model_options
+@opt.images("Folder the label CSV's relative paths are resolved against.")
+@opt.labels("Labels CSV: plain (path + 0/1 per class), CheXpert, or NIH Data_Entry.")
+@opt.output("Monitor JSON to write.")
+@opt.label_options
+@opt.split
+@click.option(
+    "--scores-csv",
+    type=opt.NEW_FILE,
+    help="Also write per-image scores: labels, probabilities, d (or the baseline's score) and, "
+    "for informer, the K x K distance matrix.",
+)
+@opt.method_options
+@handle_errors
+def calibrate(**kw: Any) -> None:
+    """Fit prediction thresholds and per-class flag thresholds on labelled images.
+
+    Paths in the labels CSV are resolved against --images; exactly the images the CSV lists
+    (after the filters) are used.
+    """
+    from ..audit import Auditor
+    from ..audit import calibrate as run_calibration
+    from ..paths import RunPaths
+
+    paths = RunPaths(
+        {"MODEL": kw["model"], "--model-card": kw["model_card"], "--labels": kw["labels_csv"]},
+        {"--images": kw["images"]},
+        {"-o": kw["output"], "--scores-csv": kw["scores_csv"]},
+        {"--cache": kw["cache_dir"]},
+    )
+    paths.check({"--torch-weights": kw.get("torch_weights")})
+    model = load_model(kw)
+    scorer = build_scorer(kw, model)
+    classes = class_map(kw, list(model.card.class_names))
+    labels = read_labels(
+        kw, kw["labels_csv"], kw["images"], classes, split=kw["split"], **label_filters(kw)
+    )
+    # Now known: the model's external data and the images the labels list (maybe elsewhere).
+    paths.check({"MODEL": model.files, "images listed in --labels": labels.paths})
+    auditor = Auditor(model, scorer, list(classes), cache=score_cache(kw["cache_dir"]))
+    render.note(
+        f"[bold]calibrate[/]: {len(labels)} labelled images from "
+        f"{render.escape(str(kw['labels_csv']))}"
+        + (f" (dropped: {labels.excluded})" if any(labels.excluded.values()) else "")
+        + f"; {render.scoring_note(scorer)}; device {model.device_note}"
+    )
+    with render.progress() as progress:
+        task = progress.add_task("calibrating", total=len(labels))
+        result = run_calibration(
+            auditor, labels, grid_step=kw["grid_step"], on_result=lambda _r: progress.advance(task)
+        )
+    _write(kw, result, auditor.classes)
+    render.calibration(result)
+    render.failures([(f.key, str(f.error)) for f in result.failures])
+    render.auditor_cache(auditor)
+    render.done(f"monitor written to {kw['output']}")
+    raise SystemExit(result.return_code)
+
+
+def _write(kw: dict[str, Any], result: Any, classes: list[str]) -> None:
+    """The monitor and, with --scores-csv, the scores; a failed write is recovered."""
+    from ..flagsfile import write_scores_csv
+    from ..monitorfile import save_monitor
+    from ..paths import write_outputs
+
+    provenance = result.provenance
+    writes = [
+        ("-o", kw["output"], lambda p: save_monitor(p, result.monitor, result.binding, provenance))
+    ]
+    if kw["scores_csv"]:
+        writes.append(
+            ("--scores-csv", kw["scores_csv"], lambda p: write_scores_csv(p, result, classes))
+        )
+    write_outputs(writes)

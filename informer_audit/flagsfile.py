@@ -1,0 +1,448 @@
+"""The flags CSV (``flag``) and the scores CSV (``calibrate --scores-csv``): layout, writer, reader.
+
+Both files share one column layout, :class:`FlagsLayout`, defined here once::
+
+    path, status, error,
+    then per class C:  [label_C,] prob_C, pred_C, <score>_C, flag_C, audited_C
+    then, optionally:  dist_A|B for every pair A < B (the upper triangle of the K x K matrix)
+
+``<score>`` is ``d`` for INFORMER and the method's name for a baseline (``entropy``, ``tta``,
+``msp``); ``label_C`` is in the scores CSV only (the calibration labels). A scored row has
+status ``ok``, numbers with 8 significant digits and 0/1 cells; a failed row has status
+``failed``, the reason in ``error`` and every other cell blank. :func:`read_flags_csv` reads
+what :func:`write_flags_csv` wrote and refuses anything else (:class:`~.errors.FlagsFormatError`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import FlagsFormatError, MonitorMismatchError
+from .fileio import atomic_write_text, fsync_folder
+from .scorers import available_scorers, scorer_class
+
+if TYPE_CHECKING:
+    from .audit import Calibration
+    from .monitor import FlagMonitor
+
+LEAD = ("path", "status", "error")
+"""The first three columns of every row."""
+
+FIELDS = ("prob", "pred", "score", "flag", "audited")
+"""The per-class fields of a flags row, in column order; ``score`` is spelled ``<score_name>``."""
+
+
+def score_name(method: str) -> str:
+    """Prefix of a method's (or variant's) score columns: ``d`` for INFORMER, ``entropy``, ..."""
+    return scorer_class(method).score_name
+
+
+def score_names() -> list[str]:
+    """Score-column prefixes a flags CSV may have, one per registered method."""
+    return [cls.score_name for cls in available_scorers().values()]
+
+
+def _num(v: float) -> str:
+    return f"{v:.8g}"
+
+
+@dataclass(frozen=True)
+class FlagsLayout:
+    """The columns of a flags or scores CSV.
+
+    Parameters
+    ----------
+    classes : tuple of str, length K
+        The audited classes, in column order.
+    score_name : str
+        Prefix of the score columns (:func:`score_name`).
+    with_matrix : bool
+        Whether the ``dist_A|B`` columns follow the per-class ones.
+    with_labels : bool
+        Whether each class starts with a ``label_C`` column (the scores CSV).
+    """
+
+    classes: tuple[str, ...]
+    score_name: str = "d"
+    with_matrix: bool = False
+    with_labels: bool = False
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The per-class fields, in column order (``label`` first in the scores CSV)."""
+        return ("label", *FIELDS) if self.with_labels else FIELDS
+
+    def column(self, field: str, cls: str) -> str:
+        """The name of a per-class column: ``column("score", "A") == "d_A"``."""
+        return f"{self.score_name if field == 'score' else field}_{cls}"
+
+    @property
+    def pairs(self) -> list[str]:
+        """Columns of the upper triangle of the K x K cosine-distance matrix: ``dist_A|B``."""
+        c, k = self.classes, len(self.classes)
+        return [f"dist_{c[a]}|{c[b]}" for a in range(k) for b in range(a + 1, k)]
+
+    @property
+    def columns(self) -> list[str]:
+        """The header."""
+        cols = list(LEAD)
+        for c in self.classes:
+            cols += [self.column(f, c) for f in self.fields]
+        return cols + (self.pairs if self.with_matrix else [])
+
+    def index(self, field: str, j: int) -> int:
+        """Position of class ``j``'s ``field`` in a row (the ``path`` cell is 0)."""
+        return len(LEAD) + len(self.fields) * j + self.fields.index(field)
+
+    def scored_row(
+        self,
+        key: str,
+        probs: NDArray[np.floating],
+        pred: NDArray[np.bool_],
+        score: NDArray[np.floating],
+        flag: NDArray[np.bool_],
+        audited: NDArray[np.bool_],
+        *,
+        labels: NDArray[np.floating] | None = None,
+        dist: NDArray[np.floating] | None = None,
+    ) -> list[str]:
+        """The row of a scored image.
+
+        Parameters
+        ----------
+        key : str
+            The ``path`` cell.
+        probs, score : ndarray, shape (K,)
+        pred, flag, audited : ndarray, shape (K,), bool
+        labels : ndarray, shape (K,), optional
+            0/1 labels, NaN where unlabelled (a blank cell); needed with ``with_labels``.
+        dist : ndarray, shape (K, K), optional
+            The cosine distances; needed with ``with_matrix``.
+        """
+        row = [key, "ok", ""]
+        for j in range(len(self.classes)):
+            cells = {
+                "prob": _num(probs[j]),
+                "pred": str(int(pred[j])),
+                "score": _num(score[j]),
+                "flag": str(int(flag[j])),
+                "audited": str(int(audited[j])),
+            }
+            if self.with_labels:
+                if labels is None:
+                    raise ValueError("labels is required: this layout has label columns")
+                cells["label"] = "" if not np.isfinite(labels[j]) else str(int(labels[j]))
+            row += [cells[f] for f in self.fields]
+        if self.with_matrix:
+            if dist is None:
+                raise ValueError("dist is required: this layout has distance-matrix columns")
+            k = len(self.classes)
+            row += [_num(dist[a, b]) for a in range(k) for b in range(a + 1, k)]
+        return row
+
+    def failed_row(self, key: str, error: str | None) -> list[Any]:
+        """The row of an image that could not be scored: the reason, every other cell blank."""
+        return [key, "failed", error] + [""] * (len(self.columns) - len(LEAD))
+
+
+# -- writing ------------------------------------------------------------------------------------
+def write_flags_csv(path: str | Path, layout: FlagsLayout, rows: Iterable[Sequence[Any]]) -> None:
+    """Write a flags CSV atomically, streaming ``rows`` (one list of cells each, path first).
+
+    The rows go to ``PATH.partial``, which is ``fsync``-ed and renamed to ``path``: there is
+    never a half-written ``path``. ``rows`` is consumed lazily, so a caller may count as they
+    go and memory does not grow with the folder.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written (``PATH.partial`` may remain).
+    """
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    # backslashreplace: a class name with lone surrogates must not stop the run at the end.
+    with partial.open("w", encoding="utf-8", errors="backslashreplace", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(layout.columns)
+        for row in rows:
+            writer.writerow(row)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(partial, path)
+    fsync_folder(path.parent)
+
+
+def write_scores_csv(path: str | Path, calibration: Calibration, classes: Sequence[str]) -> None:
+    """Per-image calibration table: labels, probabilities, predictions, scores, flags.
+
+    INFORMER writes ``d_C`` columns and the upper triangle of the K x K distance matrix; a
+    baseline writes ``<method>_C`` columns (``entropy_C``, ...) and no matrix.
+    """
+    mon = calibration.monitor
+    informer = mon.method == "informer"
+    layout = FlagsLayout(tuple(classes), score_name(mon.method), informer, with_labels=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(layout.columns)
+    for r, y in zip(calibration.results, calibration.y, strict=True):
+        if r.probs is None or r.score is None or (informer and r.dist is None):
+            raise ValueError(f"{r.key}: image was not scored ({r.error})")
+        yhat, flags, audited = (a[0] for a in mon.audit(r.probs[None], r.score[None]))
+        writer.writerow(
+            layout.scored_row(r.key, r.probs, yhat, r.score, flags, audited, labels=y, dist=r.dist)
+        )
+    for r in calibration.failures:
+        writer.writerow(layout.failed_row(r.key, r.error))
+    atomic_write_text(Path(path), buf.getvalue())
+
+
+# -- reading ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FlagRow:
+    """One row of a flags CSV.
+
+    Attributes
+    ----------
+    row : int
+        1-based data row number (the header is row 0).
+    key : str
+        The ``path`` cell, exactly as written.
+    ok : bool
+        ``status`` is ``ok``; otherwise ``failed`` with the reason in ``error``.
+    probs, score : ndarray, shape (K,), float64
+        Probabilities and the monitor's raw score (NaN for a failed row).
+    pred, flag, audited : ndarray, shape (K,), bool
+    dist : ndarray, shape (K, K), or None
+        Cosine distances, when the CSV has the ``dist_A|B`` columns (``with_matrix``).
+    """
+
+    row: int
+    key: str
+    ok: bool
+    error: str
+    probs: NDArray[np.float64]
+    score: NDArray[np.float64]
+    pred: NDArray[np.bool_]
+    flag: NDArray[np.bool_]
+    audited: NDArray[np.bool_]
+    dist: NDArray[np.float64] | None = None
+
+
+@dataclass(frozen=True)
+class FlagsTable:
+    """A flags CSV, read and checked.
+
+    Attributes
+    ----------
+    source : Path
+    classes : list of str, length K
+        The audited classes, in column order.
+    score_name : str
+        Prefix of the score columns: ``d`` (INFORMER) or the baseline's name.
+    rows : list of FlagRow, length N
+    """
+
+    source: Path
+    classes: list[str]
+    score_name: str
+    rows: list[FlagRow]
+
+    @property
+    def ok_rows(self) -> list[FlagRow]:
+        return [r for r in self.rows if r.ok]
+
+    @property
+    def failed_rows(self) -> list[FlagRow]:
+        return [r for r in self.rows if not r.ok]
+
+
+def read_flags_csv(path: str | Path, score_name: str | None = None) -> FlagsTable:
+    """Read a flags CSV written by ``flag``.
+
+    Parameters
+    ----------
+    path
+        The CSV: ``path, status, error``, then per class ``prob_C, pred_C, <score>_C, flag_C,
+        audited_C``, optionally the ``dist_A|B`` columns.
+    score_name
+        The expected score prefix (``d``, ``entropy``, ``tta``, ``msp``); ``None`` detects it.
+
+    Raises
+    ------
+    FlagsFormatError
+        The file is missing or not UTF-8 CSV, a required column is missing, or a cell holds a
+        value ``flag`` never writes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FlagsFormatError(f"{path}: flags CSV not found")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise FlagsFormatError(f"{path}: cannot read as a UTF-8 CSV: {exc}") from exc
+    if not rows:
+        raise FlagsFormatError(f"{path}: empty file; expected the flags CSV written by flag")
+    header = rows[0]
+    expected = "path, status, error, then per class prob_C, pred_C, d_C, flag_C, audited_C"
+    missing = [c for c in LEAD if c not in header]
+    classes = [c[len("flag_") :] for c in header if c.startswith("flag_")]
+    if missing or not classes:
+        what = f"missing column(s) {missing}" if missing else "no flag_<class> columns"
+        raise FlagsFormatError(
+            f"{path}: not a flags CSV ({what}); expected the columns {expected}; found "
+            f"{header[:8]}{' ...' if len(header) > 8 else ''}"
+        )
+    if score_name is None:
+        found = [s for s in score_names() if f"{s}_{classes[0]}" in header]
+        score_name = found[0] if len(found) == 1 else "d"
+    with_matrix = any(c.startswith("dist_") for c in header)
+    layout = FlagsLayout(tuple(classes), score_name, with_matrix)
+    col = {name: i for i, name in enumerate(header)}
+    needed = [layout.column(f, c) for c in classes for f in FIELDS]
+    absent = [c for c in needed if c not in col]
+    if absent:
+        raise FlagsFormatError(
+            f"{path}: missing column(s) {absent[:6]}{' ...' if len(absent) > 6 else ''} for the "
+            f"classes {classes} (score columns '{score_name}_C'); expected {expected}"
+        )
+    if with_matrix and any(c not in col for c in layout.pairs):
+        raise FlagsFormatError(
+            f"{path}: incomplete distance matrix columns; expected all of {layout.pairs}"
+        )
+    parsed = [
+        _parse_row(f"{path}, data row {i}", i, cells, col, layout)
+        for i, cells in enumerate(rows[1:], start=1)
+        if cells  # csv yields [] for a blank line
+    ]
+    return FlagsTable(path, classes, score_name, parsed)
+
+
+def _parse_row(
+    where: str, row: int, cells: list[str], col: Mapping[str, int], layout: FlagsLayout
+) -> FlagRow:
+    if len(cells) != len(col):
+        raise FlagsFormatError(f"{where}: {len(cells)} cells, expected {len(col)} (the header's)")
+    key, status, error = (cells[col[c]] for c in LEAD)
+    if not key:
+        raise FlagsFormatError(f"{where}: the path is blank")
+    classes = layout.classes
+    k = len(classes)
+    nan = np.full(k, np.nan)
+    no = np.zeros(k, dtype=bool)
+    if status == "failed":
+        return FlagRow(row, key, False, error or "failed (no reason given)", nan, nan, no, no, no)
+    if status != "ok":
+        raise FlagsFormatError(f"{where}: status {status!r}; expected 'ok' or 'failed'")
+
+    def number(name: str) -> float:
+        text = cells[col[name]]
+        try:
+            value = float(text)
+        except ValueError:
+            raise FlagsFormatError(f"{where}: {name} is {text!r}; expected a number") from None
+        if not math.isfinite(value):
+            raise FlagsFormatError(f"{where}: {name} is {text!r}; expected a finite number")
+        return value
+
+    def bit(name: str) -> bool:
+        text = cells[col[name]]
+        if text not in ("0", "1"):
+            raise FlagsFormatError(f"{where}: {name} is {text!r}; expected 0 or 1")
+        return text == "1"
+
+    probs = np.array([number(layout.column("prob", c)) for c in classes])
+    score = np.array([number(layout.column("score", c)) for c in classes])
+    pred, flag, audited = (
+        np.array([bit(layout.column(f, c)) for c in classes]) for f in ("pred", "flag", "audited")
+    )
+    if (audited != (pred ^ flag)).any():
+        j = int(np.flatnonzero(audited != (pred ^ flag))[0])
+        raise FlagsFormatError(
+            f"{where}: audited_{classes[j]} must be pred_{classes[j]} with flagged predictions "
+            "swapped (pred XOR flag)"
+        )
+    dist = None
+    if layout.with_matrix:
+        dist = np.zeros((k, k))
+        dist[np.triu_indices(k, 1)] = [number(p) for p in layout.pairs]
+        dist = dist + dist.T
+    return FlagRow(row, key, True, "", probs, score, pred, flag, audited, dist)
+
+
+# -- checking against the monitor ---------------------------------------------------------------
+def check_flags_against_monitor(
+    table: FlagsTable,
+    monitor: FlagMonitor,
+    *,
+    monitor_source: str = "monitor",
+) -> None:
+    """Refuse a flags CSV that another monitor (classes, method or thresholds) wrote.
+
+    Predictions and flags are recomputed from the CSV's probabilities and scores with the
+    monitor's thresholds; values within rounding of a threshold (the CSV keeps 8 significant
+    digits) are given the benefit of the doubt.
+
+    Raises
+    ------
+    MonitorMismatchError
+    """
+    where = f"{table.source} does not fit {monitor_source}"
+    if table.classes != monitor.class_names_:
+        raise MonitorMismatchError(
+            f"{where}: the CSV audits the classes {table.classes}, the monitor was fitted for "
+            f"{monitor.class_names_}"
+        )
+    expected = score_name(monitor.method)
+    if table.score_name != expected:
+        raise MonitorMismatchError(
+            f"{where}: the CSV has '{table.score_name}_C' score columns, a {monitor.method!r} "
+            f"monitor flags on '{expected}_C'"
+        )
+    t, tau = monitor.prediction_thresholds_, monitor.flag_thresholds_
+    for r in table.ok_rows:
+        pred = monitor.predict(r.probs[None])[0]
+        flag = monitor.flag(r.score[None])[0]
+        near_t = np.abs(r.probs - t) <= 1e-7 * np.maximum(1.0, np.abs(t))
+        near_tau = np.abs(r.score - tau) <= 1e-7 * np.maximum(1.0, np.abs(tau))
+        bad_pred = (pred != r.pred) & ~near_t
+        bad_flag = (flag != r.flag) & ~near_tau
+        if bad_pred.any() or bad_flag.any():
+            j = int(np.flatnonzero(bad_pred | bad_flag)[0])
+            c = table.classes[j]
+            detail = (
+                f"pred_{c} is {int(r.pred[j])} but prob_{c} = {r.probs[j]:.6g} and the "
+                f"monitor's prediction threshold is {t[j]:.6g}"
+                if bad_pred[j]
+                else f"flag_{c} is {int(r.flag[j])} but {expected}_{c} = {r.score[j]:.6g} and "
+                f"the monitor's tau is {tau[j]:.6g}"
+            )
+            raise MonitorMismatchError(
+                f"{where}: data row {r.row} ({r.key!r}): {detail}. Was the CSV written with "
+                "another monitor?"
+            )
+
+
+__all__ = [
+    "FIELDS",
+    "LEAD",
+    "check_flags_against_monitor",
+    "FlagRow",
+    "FlagsLayout",
+    "FlagsTable",
+    "read_flags_csv",
+    "score_name",
+    "score_names",
+    "write_flags_csv",
+    "write_scores_csv",
+]
