@@ -149,16 +149,19 @@ class FiniteDifferenceIxG(SaliencyAdapter):
                 f"fd: patch_size {self.patch_size} covers the whole {height}x{width} model input: "
                 "one patch, so every class map is a single number and the cosine distance "
                 "between two classes is 0 or 2, whatever the image; choose a patch size below "
-                f"{max(height, width)} (--patch-size; at least {MIN_PATCHES} patches, e.g. "
-                f"{max(1, min(height, width) // 2)})"
+                f"{max(height, width)} (at least {MIN_PATCHES} patches, e.g. "
+                f"patch_size={max(1, min(height, width) // 2)})",
+                params=("patch_size",),
             )
         if gh * gw < MIN_PATCHES:
             warnings.warn(
-                f"fd: patch_size {self.patch_size} cuts the {height}x{width} model input into "
-                f"only {gh * gw} patches: class maps of {gh * gw} numbers leave the distances "
-                f"between classes, and so d, poorly determined; use at least {MIN_PATCHES} "
-                "patches (a smaller --patch-size)",
-                MeaninglessSettingWarning,
+                MeaninglessSettingWarning(
+                    f"fd: patch_size {self.patch_size} cuts the {height}x{width} model input "
+                    f"into only {gh * gw} patches: class maps of {gh * gw} numbers leave the "
+                    f"distances between classes, and so d, poorly determined; use at least "
+                    f"{MIN_PATCHES} patches (a smaller patch_size)",
+                    params=("patch_size",),
+                ),
                 stacklevel=2,
             )
         if not model.reduced_precision:
@@ -172,16 +175,19 @@ class FiniteDifferenceIxG(SaliencyAdapter):
                 f"{eps:.2g}, so at the default step h = {DEFAULT_STEP:g} the perturbed pixels "
                 "round back to the image and differences of logits of magnitude 1-10 are "
                 "rounding, not gradient (on a float16 test model d moved by up to 0.74). Give "
-                f"a step the precision resolves, about sqrt(eps): --fd-step {suggested:g} "
+                f"a step the precision resolves, about sqrt(eps): step={suggested:g} "
                 "(check the maps against exact gradients: a large step meets the network's "
-                "curvature), or use --saliency lime (large perturbations) or gradient (exact)"
+                "curvature), or use saliency='lime' (large perturbations) or 'gradient' (exact)",
+                params=("step", "saliency"),
             )
         if self.step < math.sqrt(eps) / 2:
             warnings.warn(
-                f"fd: step {self.step:g} is below sqrt(eps) / 2 = {math.sqrt(eps) / 2:.2g} of "
-                f"this reduced-precision model ({where}): logit differences at this step are "
-                f"partly rounding; about {suggested:g} is the step its precision supports",
-                MeaninglessSettingWarning,
+                MeaninglessSettingWarning(
+                    f"fd: step {self.step:g} is below sqrt(eps) / 2 = {math.sqrt(eps) / 2:.2g} "
+                    f"of this reduced-precision model ({where}): logit differences at this step "
+                    f"are partly rounding; about {suggested:g} is the step its precision supports",
+                    params=("step",),
+                ),
                 stacklevel=2,
             )
 

@@ -383,11 +383,13 @@ class LimeSaliency(SaliencyAdapter):
         """
         if self.num_samples < MIN_SAMPLES:
             warnings.warn(
-                f"lime: num_samples {self.num_samples} is below {MIN_SAMPLES}: the ridge fits "
-                "of the class maps rest on too few perturbations, so d is mostly sampling "
-                f"noise (at {MIN_SAMPLES} it still moves by up to 0.26; d settles near 1000, "
-                "the default); use --lime-samples 250 or more",
-                MeaninglessSettingWarning,
+                MeaninglessSettingWarning(
+                    f"lime: num_samples {self.num_samples} is below {MIN_SAMPLES}: the ridge "
+                    "fits of the class maps rest on too few perturbations, so d is mostly "
+                    f"sampling noise (at {MIN_SAMPLES} it still moves by up to 0.26; d settles "
+                    "near 1000, the default); use num_samples=250 or more",
+                    params=("num_samples",),
+                ),
                 stacklevel=2,
             )
 

@@ -293,7 +293,8 @@ def prepare_graph(proto: Any, source: str = "model") -> Any:
             f"{source}: cannot build a differentiable torch graph for exact gradients; "
             + "; ".join(problems[:10])
             + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-            + ". Use --saliency fd (scores only) for this model."
+            + ". Use saliency='fd' (scores only) for this model.",
+            params=("saliency",),
         )
     return proto
 
@@ -321,7 +322,8 @@ def convert_onnx(path: str | Path) -> Any:
     except Exception as exc:
         raise SaliencyError(
             f"{path}: onnx2torch could not convert the model ({type(exc).__name__}: {exc}); "
-            "use --saliency fd (scores only) for this model"
+            "use saliency='fd' (scores only) for this model",
+            params=("saliency",),
         ) from exc
     module.eval()
     for p in module.parameters():

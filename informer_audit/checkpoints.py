@@ -441,7 +441,8 @@ def torch_module_for(model: OnnxClassifier, weights: str | Path, arch: str | Non
     if not name:
         raise ModelSpecError(
             f"{model.path} does not say which architecture it was exported from: give arch "
-            f"(one of {available_architectures()})"
+            f"(one of {available_architectures()})",
+            params=("arch",),
         )
     architecture = get_architecture(name)
     module = architecture.build(len(model.card.class_names), model.card.channels)

@@ -3,13 +3,34 @@
 Every error subclasses :class:`InformerAuditError` and the matching built-in, so callers can catch
 either. Messages say what was expected, what came, and (where there are any) the valid choices.
 Only the CLI maps these to exit codes.
+
+Messages name the library's parameters (``device='cuda'``, ``patch_size``), never command-line
+flags; an error or warning lists the parameters its message refers to in ``params``, from which
+a front end can add its own spelling (the CLI appends ``(command line: --device)``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class InformerAuditError(Exception):
-    """Base class of all errors raised on purpose by informer-audit."""
+    """Base class of all errors raised on purpose by informer-audit.
+
+    Parameters
+    ----------
+    *args
+        As for :class:`Exception` (usually the one message).
+    params : tuple of str, optional
+        Names of the parameters the message refers to (e.g. ``("device",)``), stored as
+        :attr:`params`; empty when it refers to none.
+    """
+
+    params: tuple[str, ...]
+
+    def __init__(self, *args: Any, params: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.params = tuple(params)
 
 
 class ImageReadError(InformerAuditError, ValueError):
@@ -84,7 +105,17 @@ class OutputWriteError(InformerAuditError, OSError):
 
 
 class InformerAuditWarning(UserWarning):
-    """Base class of the warnings informer-audit issues (the CLI prints them as ``warning:``)."""
+    """Base class of the warnings informer-audit issues (the CLI prints them as ``warning:``).
+
+    Issued as an instance (``warnings.warn(MeaninglessSettingWarning(msg, params=...))``) when
+    the message names parameters; ``params`` as for :class:`InformerAuditError`.
+    """
+
+    params: tuple[str, ...]
+
+    def __init__(self, *args: Any, params: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.params = tuple(params)
 
 
 class MeaninglessSettingWarning(InformerAuditWarning):

@@ -329,7 +329,7 @@ def _method_roles(
                     f"directions[{name!r}] = {given!r} contradicts it"
                 )
             monitor = make_monitor(name, grid_step=grid_step)
-            is_informer = spec.name == "informer"
+            is_informer = spec.has_maps
         dirs[name] = monitor.direction
         monitors[name] = monitor
         (informer if is_informer else baselines).append(name)

@@ -189,7 +189,7 @@ def write_scores_csv(path: str | Path, calibration: Calibration, classes: Sequen
     baseline writes ``<method>_C`` columns (``entropy_C``, ...) and no matrix.
     """
     mon = calibration.monitor
-    informer = mon.method == "informer"
+    informer = scorer_class(mon.method).has_maps
     layout = FlagsLayout(tuple(classes), score_name(mon.method), informer, with_labels=True)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

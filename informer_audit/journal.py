@@ -205,7 +205,7 @@ class FlagJournal:
         return len(line)
 
     def _check_header(self, line: bytes) -> None:
-        restart = "pass --restart to discard it and start over"
+        restart = "pass restart=True to discard it and start over"
         try:
             header = json.loads(line)
         except (ValueError, RecursionError):  # bad UTF-8/JSON, deep nesting
@@ -213,12 +213,14 @@ class FlagJournal:
         if not isinstance(header, dict) or header.get("format") != JOURNAL_FORMAT:
             raise ResumeError(
                 f"{self.path}: not an informer-audit flag journal (its first line is not a "
-                f'header with "format": "{JOURNAL_FORMAT}"); move it away, or {restart}'
+                f'header with "format": "{JOURNAL_FORMAT}"); move it away, or {restart}',
+                params=("restart",),
             )
         if header.get("version") != JOURNAL_VERSION:
             raise ResumeError(
                 f"{self.path}: journal version {header.get('version')!r} is not the one this "
-                f"informer-audit writes ({JOURNAL_VERSION}); {restart}"
+                f"informer-audit writes ({JOURNAL_VERSION}); {restart}",
+                params=("restart",),
             )
         if header.get("fingerprint") == self.fingerprint:
             return
@@ -232,7 +234,8 @@ class FlagJournal:
         )
         raise ResumeError(
             f"{self.path}: an interrupted flag run with other settings left this journal: "
-            f"{what}. Rerun with that run's model, monitor and options to finish it, or {restart}"
+            f"{what}. Rerun with that run's model, monitor and options to finish it, or {restart}",
+            params=("restart",),
         )
 
     def _parse(self, line: bytes) -> dict[str, Any] | None:

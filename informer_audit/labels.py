@@ -215,23 +215,27 @@ def parse_class_map(spec: str | None, model_classes: Sequence[str]) -> dict[str,
             column = name
         if not name or not column:
             raise LabelFormatError(
-                f"--classes {spec!r}: entry {number} ({entry!r}) has an empty name; {form}"
+                f"class map {spec!r}: entry {number} ({entry!r}) has an empty name; {form}",
+                params=("classes",),
             )
         if name not in classes:
             hint = _close_names(name, classes)
             raise LabelFormatError(
-                f"--classes {spec!r}: {name!r} is not a class of the model{hint}; "
-                f"the model's classes are: {quoted(classes)}"
+                f"class map {spec!r}: {name!r} is not a class of the model{hint}; "
+                f"the model's classes are: {quoted(classes)}",
+                params=("classes",),
             )
         if name in mapping:
             raise LabelFormatError(
-                f"--classes {spec!r}: model class {name!r} is given twice; expected each class "
-                "at most once"
+                f"class map {spec!r}: model class {name!r} is given twice; expected each class "
+                "at most once",
+                params=("classes",),
             )
         if column in owner:
             raise LabelFormatError(
-                f"--classes {spec!r}: label column {column!r} is given to both {owner[column]!r} "
-                f"and {name!r}; expected one label column per class"
+                f"class map {spec!r}: label column {column!r} is given to both {owner[column]!r} "
+                f"and {name!r}; expected one label column per class",
+                params=("classes",),
             )
         mapping[name] = column
         owner[column] = name
@@ -599,11 +603,12 @@ def _cell_values(
         if used == "plain" and not cell:
             why = (
                 "; blank labels are not allowed in the plain format: select the labelled rows "
-                "with --split, or use the chexpert format, where blank means negative"
+                "with split=..., or use fmt='chexpert', where blank means negative"
             )
         raise LabelFormatError(
             f"{table.source}, {table.where(rows[first], keys[first])}, column {column!r}: "
-            f"{shown} is not a {used} label{more}; expected one of {accepted}{why}"
+            f"{shown} is not a {used} label{more}; expected one of {accepted}{why}",
+            params=("split", "fmt") if why else (),
         )
     return values
 

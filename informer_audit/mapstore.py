@@ -160,7 +160,7 @@ class MapStore:
         if not manifest.is_file():
             raise MapStoreError(
                 f"{directory}: not a maps folder (no {MANIFEST}); expected the folder given to "
-                "flag --save-maps"
+                "flag_folder(maps_dir=...)"
             )
         try:
             doc = json.loads(manifest.read_text(encoding="utf-8"))

@@ -9,8 +9,11 @@ batches in NCHW (the only layout downstream code sees) and get logits back as fl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,8 +429,10 @@ class OnnxClassifier:
             raise ModelSpecError(
                 f"{self.path}: the model card ({self.card_source}) says output "
                 f"{self.output.name!r} holds probabilities, but the model returned values in "
-                f"[{lo:.4g}, {hi:.4g}]: these look like logits; set output_kind to 'logits' "
-                '(--output-kind logits, or "output": "logits" in the model card)'
+                f"[{lo:.4g}, {hi:.4g}]: these look like logits; set the output kind "
+                "to 'logits' "
+                '(overrides={"output": "logits"}, or "output": "logits" in the model card)',
+                params=("output",),
             )
 
     def _run(self, x: NDArray[Any]) -> NDArray[Any]:
@@ -479,6 +484,24 @@ def _provenance(metadata: Mapping[str, str]) -> Any:
         return raw
 
 
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 (what C++ libraries print to) to the null device, then restore it."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _make_session(path: Path, device: str, threads: int | None) -> tuple[Any, str, str]:
     import onnxruntime as ort
 
@@ -490,17 +513,18 @@ def _make_session(path: Path, device: str, threads: int | None) -> tuple[Any, st
         return so
 
     def create(providers: list[str], quiet: bool) -> Any:
+        # While probing for CUDA, the provider bridge prints its failure through ONNX Runtime's
+        # process-wide default logger (the session's log level does not reach it), and we
+        # report the outcome ourselves. ORT has no getter for that logger's severity, so
+        # setting it would change the caller's choice for good: silence file descriptor 2 for
+        # the duration of the call instead, and restore it exactly.
         try:
-            if quiet:
-                # Silence the provider bridge's own error print while probing for CUDA; we
-                # report the outcome ourselves.
-                ort.set_default_logger_severity(4)
-            return ort.InferenceSession(str(path), sess_options=options(quiet), providers=providers)
+            with _stderr_silenced() if quiet else contextlib.nullcontext():
+                return ort.InferenceSession(
+                    str(path), sess_options=options(quiet), providers=providers
+                )
         except Exception as exc:  # ORT raises Fail/InvalidGraph/... from its C++ core
             raise ModelSpecError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
-        finally:
-            if quiet:
-                ort.set_default_logger_severity(2)
 
     available = ort.get_available_providers()
     if device == "cpu":
@@ -508,8 +532,9 @@ def _make_session(path: Path, device: str, threads: int | None) -> tuple[Any, st
     if "CUDAExecutionProvider" not in available:
         if device == "cuda":
             raise DeviceUnavailableError(
-                "--device cuda: this ONNX Runtime build has no CUDAExecutionProvider "
-                f"(available: {available}); install onnxruntime-gpu, or use --device cpu"
+                "device='cuda': this ONNX Runtime build has no CUDAExecutionProvider "
+                f"(available: {available}); install onnxruntime-gpu, or use device='cpu'",
+                params=("device",),
             )
         return (
             create(["CPUExecutionProvider"], False),
@@ -522,9 +547,10 @@ def _make_session(path: Path, device: str, threads: int | None) -> tuple[Any, st
         return session, "cuda", f"CUDA ({'requested' if device == 'cuda' else 'auto'})"
     if device == "cuda":
         raise DeviceUnavailableError(
-            "--device cuda: ONNX Runtime could not create the CUDA execution provider on this "
+            "device='cuda': ONNX Runtime could not create the CUDA execution provider on this "
             "machine (no GPU, or the CUDA/cuDNN libraries onnxruntime-gpu needs are missing); "
-            "use --device cpu or --device auto"
+            "use device='cpu' or device='auto'",
+            params=("device",),
         )
     del session
     return (

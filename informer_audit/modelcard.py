@@ -213,9 +213,10 @@ def resolve_card(
         where = " + ".join(origins) if origins else "nothing (no metadata, no card, no options)"
         raise ModelSpecError(
             f"{source}: cannot tell how to preprocess this model: missing {missing} "
-            f"(read from {where}). Give a model card with --model-card CARD.json, e.g. "
+            f"(read from {where}). Give a model card file (card_file=CARD.json), e.g. "
             '{"class_names": [...], "image_size": [H, W], "channels": 3, "layout": "NCHW", '
             '"scale": 255, "mean": [...], "std": [...], "output": "logits"}, '
-            "or the matching options (--class-names, --image-size, ...)."
+            "or the missing fields in overrides (same keys).",
+            params=("card_file", *missing),
         )
     return ModelCard.from_dict(merged, source=" + ".join(origins)), " + ".join(origins)

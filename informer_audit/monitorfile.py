@@ -25,7 +25,7 @@ from .baselines import tta_settings
 from .errors import MonitorFormatError
 from .fileio import atomic_write_text
 from .monitor import DIRECTIONS, PREDICT_NOTHING, ClassFit, FlagMonitor
-from .scorers import available_scorers
+from .scorers import available_scorers, scorer_class
 
 MONITOR_FORMAT = "informer-audit-monitor"
 SCHEMA_VERSION = 1
@@ -481,9 +481,10 @@ def _check_binding_fields(chk: _Schema, binding: dict[str, Any], monitor: FlagMo
             )
     if not isinstance(binding["preprocessing"], dict):
         chk.fail("binding.preprocessing", binding["preprocessing"], "an object (the model card)")
+    kind = scorer_class(monitor.method)
     saliency = binding["saliency"]
     if saliency is None:
-        if monitor.method == "informer":
+        if kind.has_maps:
             chk.fail(
                 "binding.saliency",
                 saliency,
@@ -491,7 +492,7 @@ def _check_binding_fields(chk: _Schema, binding: dict[str, Any], monitor: FlagMo
             )
     elif not isinstance(saliency, dict):
         chk.fail("binding.saliency", saliency, "an object (null only for a baseline)")
-    elif monitor.method == "informer" and not isinstance(saliency.get("name"), str):
+    elif kind.has_maps and not isinstance(saliency.get("name"), str):
         chk.fail("binding.saliency", saliency, "an object with the saliency adapter's 'name'")
     # A binding without "method" is INFORMER's (files from before the baselines); a baseline's
     # names its method (and settings, e.g. TTA's) and has "saliency": null. A baseline's
@@ -506,7 +507,7 @@ def _check_binding_fields(chk: _Schema, binding: dict[str, Any], monitor: FlagMo
             f"an object whose name is the monitor's method {monitor.method!r} (the binding's "
             "method does not name the monitor's method)",
         )
-    if monitor.method == "tta":
+    if "tta" in kind.option_groups:
         # The keyword arguments of tta_settings are the TTA settings that change the score.
         for key in tta_settings.__kwdefaults__ or {}:
             if key not in method:

@@ -64,7 +64,7 @@ from .report_figures import (
     draw_card,
     score_histogram,
 )
-from .scorers import scorer_from_binding
+from .scorers import scorer_class, scorer_from_binding
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def build_report(
     table = read_flags_csv(flags_csv, score_name(monitor.method))
     check_flags_against_monitor(table, monitor, monitor_source=str(monitor_path))
     classes = table.classes
-    informer = monitor.method == "informer"
+    informer = scorer_class(monitor.method).has_maps
     if labels is not None and list(labels.class_names) != classes:
         raise MonitorMismatchError(
             f"{labels.source}: label classes {labels.class_names} differ from the audited "
@@ -358,8 +358,8 @@ def build_report(
     summary.maps = "+".join(s for s in ("saved", "recomputed") if s in sources.values()) or "none"
     if informer and not maps and shown:
         summary.notes.append(
-            "no class maps to show: give the maps folder written by flag --save-maps (--maps), "
-            "or the model (--model) to recompute the maps of the shown images"
+            "no class maps to show: give maps_dir (the maps folder flag_folder saved), "
+            "or model to recompute the maps of the shown images"
         )
 
     assets = Assets(outdir)
@@ -500,7 +500,7 @@ def _no_maps_note(informer: bool, has_image: bool, has_maps: bool) -> str:
         return "this method uses no saliency maps"
     if has_maps and not has_image:
         return "maps not shown: the image is missing"
-    return "no maps: give --maps (flag --save-maps) or --model"
+    return "no maps: give maps_dir (saved by flag_folder) or model"
 
 
 def _card(
@@ -563,7 +563,7 @@ def _shown_maps(
     maps: dict[int, NDArray[np.float64]] = {}
     dists: dict[int, NDArray[np.float64]] = {}
     sources: dict[int, str] = {}
-    if monitor.method != "informer":
+    if not scorer_class(monitor.method).has_maps:
         return maps, dists, sources
     todo = []
     absent = []
@@ -593,7 +593,7 @@ def _shown_maps(
         summary.notes.append(
             f"{len(absent)} shown image(s) have no saved maps in {store.directory} "
             f"(e.g. {absent[0]})"
-            + ("; recomputed" if model is not None else "; give --model to recompute them")
+            + ("; recomputed" if model is not None else "; give model to recompute them")
         )
     if model is None or not todo:
         return maps, dists, sources

@@ -148,6 +148,9 @@ class Scorer(ABC):
     """Audited classes the method needs at least."""
     has_maps: ClassVar[bool] = False
     """The method computes class saliency maps (and a K x K distance matrix)."""
+    option_groups: ClassVar[frozenset[str]] = frozenset()
+    """Which groups of :class:`ScorerOptions` the method takes: ``"saliency"`` (an adapter and
+    its parameters), ``"tta"`` (augmentation settings). Front ends ask this instead of names."""
     cache_kind: ClassVar[str]
     """What a score-cache entry of this method holds (:func:`~.cache.key_document`)."""
     score_array: ClassVar[str | None] = "score"
@@ -354,6 +357,7 @@ class InformerScorer(Scorer):
     pairwise = True
     min_classes = 2
     has_maps = True
+    option_groups = frozenset({"saliency"})
     cache_kind = "informer"
     score_array = "d"
     invalid_reason = "the saliency map has non-finite values (the model's scores overflow)"
@@ -514,6 +518,7 @@ class TTAScorer(Scorer):
     score_name = "tta"
     needs = "model"
     score_bounds = (0.0, 0.5)  # the std of values in [0, 1] is at most 1/2
+    option_groups = frozenset({"tta"})
     cache_kind = "tta"
     score_array = "spread"
 

@@ -715,5 +715,6 @@ def test_a_journal_of_another_run_is_refused_with_exit_2(
     journal_path(out).write_text("path,status\nsomething else\n")
     r = flag(env, out)
     assert r.exit_code == 2
-    assert "not an informer-audit flag journal" in r.output and "--restart" in r.output
+    assert "not an informer-audit flag journal" in r.output and "restart=True" in r.output
+    assert "(command line: --restart)" in r.output
     assert flag(env, out, "--restart").exit_code == 0

@@ -44,7 +44,8 @@ def test_info_without_preprocessing_is_refused(tmp_path, tiny_model):
     model, _ = tiny_model(metadata=False, name="bare.onnx")
     r = invoke("info", model)
     assert r.exit_code == 2
-    assert "cannot tell how to preprocess" in r.output and "--model-card" in r.output
+    assert "cannot tell how to preprocess" in r.output and "card_file=" in r.output
+    assert "(command line: --model-card, --class-names, --image-size," in r.output
     card = tmp_path / "card.json"
     card.write_text(
         json.dumps(
@@ -203,7 +204,8 @@ def test_cuda_unavailable_exit_3(setup, onnx_providers, machine):
     onnx_providers(machine)
     r = invoke("info", setup["model"], "--device", "cuda")
     assert r.exit_code == 3, r.output
-    assert "--device cuda" in r.output and "--device cpu" in r.output
+    assert "device='cuda'" in r.output and "device='cpu'" in r.output
+    assert "--device cuda" not in r.output and "(command line: --device)" in r.output
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,13 @@ def test_class_map_duplicates_refused(spec: str) -> None:
         parse_class_map(spec, ["A", "B"])
 
 
+def test_class_map_errors_name_the_classes_parameter() -> None:
+    with pytest.raises(LabelFormatError) as info:
+        parse_class_map("A,Z", ["A", "B"])
+    assert str(info.value).startswith("class map 'A,Z': 'Z' is not a class of the model")
+    assert info.value.params == ("classes",)
+
+
 @pytest.mark.parametrize("spec", ["A,", "A,,B", "=X", "A="])
 def test_class_map_empty_entry_refused(spec: str) -> None:
     with pytest.raises(LabelFormatError, match="empty name"):
@@ -132,7 +139,8 @@ def test_plain_blank_cell_names_row_and_column(tmp_path: Path) -> None:
     message = str(info.value)
     assert str(csv) in message
     assert "data row 2" in message and "'b.png'" in message and "column 'B'" in message
-    assert "blank" in message and "--split" in message and "chexpert" in message
+    assert "blank" in message and "split=" in message and "fmt='chexpert'" in message
+    assert info.value.params == ("split", "fmt") and "--" not in message
 
 
 def test_plain_value_two_refused(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -314,7 +315,8 @@ def test_resolve_card_nothing_lists_missing_fields_and_model_card_option():
         resolve_card({"unrelated": "1"}, source="m.onnx")
     msg = str(info.value)
     assert msg.startswith("m.onnx:")
-    assert "--model-card" in msg
+    assert "card_file=CARD.json" in msg and "--" not in msg
+    assert info.value.params == ("card_file", *CARD_FIELDS)
     assert str(list(CARD_FIELDS)) in msg
     assert "no metadata, no card" in msg
 
@@ -327,7 +329,7 @@ def test_resolve_card_partial_lists_only_the_missing_fields(tmp_path):
         resolve_card({}, card_file)
     msg = str(info.value)
     assert "missing ['mean', 'output']" in msg
-    assert "--model-card" in msg
+    assert "card_file=" in msg and info.value.params == ("card_file", "mean", "output")
     assert str(card_file) in msg
 
 
@@ -395,7 +397,7 @@ def test_classifier_without_metadata_or_card_is_refused(tiny_model, tmp_path):
     with pytest.raises(ModelSpecError) as info:
         OnnxClassifier(path, device="cpu")
     msg = str(info.value)
-    assert str(path) in msg and "--model-card" in msg and "class_names" in msg
+    assert str(path) in msg and "card_file=" in msg and "class_names" in msg
     # ... and the same model works once a card is given.
     card_file = write_json(tmp_path / "card.json", params["card"])
     clf = OnnxClassifier(path, card_file=card_file, device="cpu")
@@ -974,3 +976,29 @@ def test_describe_has_what_the_cli_prints(tiny_model, tmp_path):
         card=full_card(),
     )
     assert OnnxClassifier(fixed, device="cpu").describe()["batch"] == "fixed 4"
+
+
+@pytest.mark.parametrize("machine", ["no-gpu", "gpu"])
+def test_cuda_probe_leaves_ort_logging_and_stderr_as_they_were(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    onnx_providers: Callable[[str], None],
+    machine: str,
+) -> None:
+    """The probe silences ORT's CUDA failure print without touching its global log severity
+    (ORT has no getter, so a changed severity could not be given back) and restores fd 2."""
+    import onnxruntime as ort
+
+    onnx_providers(machine)
+    calls: list[int] = []
+    monkeypatch.setattr(ort, "set_default_logger_severity", lambda level: calls.append(level))
+    card = card_dict(["A", "B", "C"], 4, 3)
+    weights = np.random.default_rng(0).normal(size=(3 * 4 * 4, 3))
+    path = build_linear_model(
+        tmp_path / "m.onnx", weights, np.zeros(3), channels=3, size=4, card=card
+    )
+    before = os.fstat(2)
+    OnnxClassifier(path, device="auto")
+    after = os.fstat(2)
+    assert calls == []
+    assert (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino)

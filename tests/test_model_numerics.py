@@ -203,7 +203,9 @@ CASES = [
         lambda p: net(p, tail=cast_to(F16)),
         "calibrate",
         2,
-        "--fd-step 0.031",
+        "step=0.031 (check the maps against exact gradients: a large step meets the network's "
+        "curvature), or use saliency='lime' (large perturbations) or 'gradient' (exact) "
+        "(command line: --fd-step, --saliency)",
         FD8,
     ),
     Case("float16-input", lambda p: net(p, io=F16), "calibrate", 2, "input 'image'", FD8),
@@ -285,7 +287,8 @@ CASES = [
         lambda p: net(p, output="probabilities", gain=4.0),
         "calibrate",
         2,
-        "these look like logits; set output_kind to 'logits'",
+        "these look like logits; set the output kind to 'logits' (overrides={\"output\": "
+        '"logits"}, or "output": "logits" in the model card) (command line: --output-kind)',
         ("--method", "entropy"),
     ),
     Case(

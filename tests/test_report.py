@@ -212,7 +212,7 @@ def test_report_without_maps_or_model_says_so(run, tmp_path):
     assert "no class maps to show" in r.output
     assert not list((out / "assets").glob("map_*"))
     page = check_page(out, read_rows(run["flags"]))
-    assert "give --maps (flag --save-maps) or --model" in "".join(page.text)
+    assert "give maps_dir (saved by flag_folder) or model" in "".join(page.text)
 
 
 def test_flag_with_report(run, tmp_path):

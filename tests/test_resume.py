@@ -232,7 +232,8 @@ def test_a_journal_of_other_settings_is_refused_until_restart(setup, monkeypatch
     monkeypatch.undo()
     r = invoke(*flag_args(s, out, "--with-matrix"))
     assert r.exit_code == 2
-    assert "other settings left this journal" in r.output and "--restart" in r.output
+    assert "other settings left this journal" in r.output and "restart=True" in r.output
+    assert r.output.rstrip().endswith("(command line: --restart)")
     assert "columns" in r.output  # names what differs
     assert not out.exists() and journal_path(out).exists()  # nothing discarded silently
     loads = count_loads(monkeypatch)

@@ -20,11 +20,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_REFUSED, EXIT_DEVICE, EXIT_INTERRUPTED = 2, 3, 130
 
 
+def flag_hint(params: Any) -> str:
+    """`` (command line: --device)``: the flags that set the library parameters an error or
+    warning names in its ``params`` (its message names parameters, not flags); ``""`` if none."""
+    ctx = click.get_current_context(silent=True)
+    if not params or ctx is None:
+        return ""
+    from .options import flags_for
+
+    flags = flags_for(tuple(params), ctx)
+    return f" (command line: {', '.join(flags)})" if flags else ""
+
+
 def handle_errors(func: F) -> F:
     """Turn the library's refusals into a one-line message and an exit code.
 
     The library warns through :mod:`warnings` (it never prints): its own warnings are shown as
-    one ``warning:`` line each, others as Python shows them.
+    one ``warning:`` line each, others as Python shows them. Both add the flag spelling of the
+    parameters the message names (:func:`flag_hint`).
     """
 
     @functools.wraps(func)
@@ -37,7 +50,8 @@ def handle_errors(func: F) -> F:
 
         def show(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
             if issubclass(category, InformerAuditWarning):
-                console(stderr=True).print(f"[bold yellow]warning:[/] {escape(str(message))}")
+                text = f"{message}{flag_hint(getattr(message, 'params', ()))}"
+                console(stderr=True).print(f"[bold yellow]warning:[/] {escape(text)}")
             else:
                 plain_show(message, category, *rest, **kw)
 
@@ -46,12 +60,10 @@ def handle_errors(func: F) -> F:
                 warnings.simplefilter("always", InformerAuditWarning)
                 warnings.showwarning = show
                 return func(*args, **kwargs)
-        except DeviceUnavailableError as exc:
-            console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}")
-            sys.exit(EXIT_DEVICE)
         except InformerAuditError as exc:
-            console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}")
-            sys.exit(EXIT_REFUSED)
+            text = f"{exc}{flag_hint(exc.params)}"
+            console(stderr=True).print(f"[bold red]error:[/] {escape(text)}")
+            sys.exit(EXIT_DEVICE if isinstance(exc, DeviceUnavailableError) else EXIT_REFUSED)
         except KeyboardInterrupt:
             # Not 1: that code means "done, some files failed"; this run is not done.
             console(stderr=True).print(

@@ -135,12 +135,8 @@ def torch_module(model: Any, extra: dict[str, Any], adapter: str) -> Any:
     if weights is None:
         raise click.UsageError("--torch-arch needs --torch-weights")
     from ..checkpoints import torch_module_for
-    from ..errors import ModelSpecError
 
-    try:
-        return torch_module_for(model, weights, arch)
-    except ModelSpecError as exc:
-        raise click.UsageError(str(exc).replace("give arch ", "give --torch-arch ")) from exc
+    return torch_module_for(model, weights, arch)  # its errors name arch: --torch-arch
 
 
 def score_cache(directory: Path | None) -> Any:

@@ -25,10 +25,12 @@ from .build import (
 def build_scorer(kw: dict[str, Any], model: Any) -> Any:
     """The scorer of ``--method`` and its options (shared by calibrate's and flag's parsing)."""
     from ..scorers import build_scorer as build
+    from ..scorers import scorer_class
 
     method = kw.pop("method") or "informer"
-    tta = pop_tta(kw, method == "tta")
-    if method != "informer":
+    groups = scorer_class(method).option_groups
+    tta = pop_tta(kw, "tta" in groups)
+    if "saliency" not in groups:
         refuse_saliency(kw, method)
         return build(method, tta=tta or None, batch_size=kw["batch_size"])
     name = kw["saliency"] or "fd"

@@ -188,13 +188,14 @@ def evaluate_command(**kw: Any) -> None:
     """
     from ..experiment import evaluation_cache, run_evaluation, write_evaluation
     from ..paths import write_outputs
+    from ..scorers import scorer_class
 
     outdir: Path = kw["output"]
     cache_dir = evaluation_cache(outdir, kw["cache_dir"], use_cache=not kw["no_cache"])
     paths = _paths(kw, outdir, cache_dir)
     paths.check()
     methods: list[str] = kw["methods"]
-    tta = pop_tta(kw, "tta" in methods)
+    tta = pop_tta(kw, any("tta" in scorer_class(m).option_groups for m in methods))
     model = load_model(kw)
     plan = _plan(kw, model, methods, tta)
     sets = _label_sets(kw, model)

@@ -47,7 +47,7 @@ def _paths(kw: dict[str, Any]) -> Any:
 def _scorer(kw: dict[str, Any], monitor: Any, binding: dict[str, Any]) -> tuple[Any, Any]:
     """The model (card from the monitor when it has none) and the monitor's scorer."""
     from ..errors import MonitorMismatchError
-    from ..scorers import scorer_from_binding
+    from ..scorers import scorer_class, scorer_from_binding
 
     method = kw.pop("method")
     if method is not None and method != monitor.method:
@@ -56,13 +56,14 @@ def _scorer(kw: dict[str, Any], monitor: Any, binding: dict[str, Any]) -> tuple[
             f"--method {method}"
         )
     used = method or monitor.method
+    kind = scorer_class(used)
     for dest in ("with_matrix", "save_maps"):
-        if kw[dest] and used != "informer":
+        if kw[dest] and not kind.has_maps:
             raise click.UsageError(
                 f"--{dest.replace('_', '-')} needs saliency maps: it applies to --method "
                 f"informer, not {used}"
             )
-    tta = pop_tta(kw, used == "tta")
+    tta = pop_tta(kw, "tta" in kind.option_groups)
     source = str(kw["monitor_path"])
     # A model without metadata needs no --model-card here: the monitor holds the card it was
     # fitted with, and is bound to this very file (checked by flag_folder).
@@ -70,7 +71,7 @@ def _scorer(kw: dict[str, Any], monitor: Any, binding: dict[str, Any]) -> tuple[
     model = load_model(kw, card, f"monitor {source}")
     params: dict[str, Any] = {}
     module = None
-    if used == "informer":
+    if "saliency" in kind.option_groups:
         name = kw["saliency"] or str((binding.get("saliency") or {}).get("name"))
         params, extra = saliency_settings(kw, name)
         module = torch_module(model, extra, name)

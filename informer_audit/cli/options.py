@@ -300,3 +300,49 @@ class SaliencyCommand(click.Command):
 
 class SeveralSaliencyCommand(SaliencyCommand):
     several = True
+
+
+# -- library parameters -> flags ----------------------------------------------------------------
+LIBRARY_NAMES: dict[str, tuple[str, ...]] = {
+    "card_file": ("model_card",),
+    "output": ("output_kind",),  # the model card's output kind, not -o/--output
+    "fmt": ("label_format",),
+    "maps_dir": ("maps_dir", "save_maps"),  # report --maps; flag --save-maps
+}
+"""Library parameters whose option has another destination (and not only its own name)."""
+
+
+def param_destinations() -> dict[str, tuple[str, ...]]:
+    """Library parameter -> the CLI destinations that set it (besides one of the same name).
+
+    The one mapping from the names an error's or warning's ``params`` gives to options: the
+    adapters' :class:`~informer_audit.saliency.AdapterOption` declarations (``step`` ->
+    ``fd_step``) and :data:`LIBRARY_NAMES`.
+    """
+    table: dict[str, tuple[str, ...]] = {}
+    for dest, (option, _) in saliency_option_table().items():
+        table[option.param] = (*table.get(option.param, ()), dest)
+    for param, dests in LIBRARY_NAMES.items():
+        table[param] = (*table.get(param, ()), *dests)
+    return table
+
+
+def flags_for(params: tuple[str, ...], ctx: click.Context) -> list[str]:
+    """The flags of ``ctx``'s command that set the library parameters ``params``, in order.
+
+    A parameter no option of this command sets (one of a function the command does not call
+    with a user's value) gives none.
+    """
+    options = {
+        p.name: max((o for o in p.opts if o.startswith("--")), key=len, default=p.opts[0])
+        for p in ctx.command.get_params(ctx)
+        if isinstance(p, click.Option) and p.name
+    }
+    table = param_destinations()
+    flags: dict[str, None] = {}  # ordered, without repeats
+    for param in params:
+        dests = table.get(param, ())
+        if param not in LIBRARY_NAMES:
+            dests = (param, *dests)
+        flags.update((options[d], None) for d in dests if d in options)
+    return list(flags)

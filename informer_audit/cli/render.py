@@ -183,10 +183,12 @@ def scoring_note(scorer: Any) -> str:
 
 
 def calibration(result: Any) -> None:
+    from ..scorers import scorer_class
+
     mon = result.monitor
     rule = (
         "INFORMER, d < τ flags"
-        if mon.method == "informer"
+        if scorer_class(mon.method).has_maps
         else f"{mon.method}, score {'<' if mon.direction == 'below' else '>'} τ flags"
     )
     columns: tuple[str, ...] = ("class", "n", "pos", "pred. thr", "τ", "flags", "F1 before")
