@@ -433,14 +433,43 @@ def check_flags_against_monitor(
             )
 
 
+# -- where a row's image is -----------------------------------------------------------------------
+def image_candidates(key: str, csv_dir: Path, images_root: Path | None) -> list[Path]:
+    """Where the image of a CSV ``path`` may be, in the order they are tried.
+
+    Under ``images_root``: the path itself, then with its leading folders removed one at a time
+    (the CSV's paths start with the folder ``flag`` was given); then the path as given (absolute,
+    or relative to the working folder); then relative to the CSV's folder.
+    """
+    p = Path(key)
+    out: list[Path] = []
+    if images_root is not None:
+        parts = p.parts[1:] if p.is_absolute() else p.parts
+        out += [images_root.joinpath(*parts[i:]) for i in range(len(parts))]
+    out.append(p)
+    if not p.is_absolute():
+        out.append(csv_dir / p)
+    return list(dict.fromkeys(out))
+
+
+def resolve_image(key: str, csv_dir: Path, images_root: Path | None) -> Path | None:
+    """The first of :func:`image_candidates` that is a file, or ``None``."""
+    for candidate in image_candidates(key, csv_dir, images_root):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 __all__ = [
     "FIELDS",
     "LEAD",
     "check_flags_against_monitor",
+    "image_candidates",
     "FlagRow",
     "FlagsLayout",
     "FlagsTable",
     "read_flags_csv",
+    "resolve_image",
     "score_name",
     "score_names",
     "write_flags_csv",

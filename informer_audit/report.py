@@ -46,7 +46,15 @@ from .audit import Auditor, ImageResult
 from .binding import check_binding
 from .errors import MonitorMismatchError, ReportError
 from .fileio import atomic_write_text, content_sha256
-from .flagsfile import FlagRow, FlagsTable, check_flags_against_monitor, read_flags_csv, score_name
+from .flagsfile import (
+    FlagRow,
+    FlagsTable,
+    check_flags_against_monitor,
+    image_candidates,
+    read_flags_csv,
+    resolve_image,
+    score_name,
+)
 from .labels import LabelSet
 from .mapstore import MapStore
 from .metrics import SwapMetrics, swap_metrics
@@ -71,33 +79,6 @@ logger = logging.getLogger(__name__)
 TEMPLATE = "report.html.j2"
 
 _STALE = re.compile(r"^(img_\d+|map_\d+_\d+|hist_\d+|colorbar)\.png$")
-
-
-# -- images -------------------------------------------------------------------------------------
-def image_candidates(key: str, csv_dir: Path, images_root: Path | None) -> list[Path]:
-    """Where the image of a CSV ``path`` may be, in the order they are tried.
-
-    Under ``images_root``: the path itself, then with its leading folders removed one at a time
-    (the CSV's paths start with the folder ``flag`` was given); then the path as given (absolute,
-    or relative to the working folder); then relative to the CSV's folder.
-    """
-    p = Path(key)
-    out: list[Path] = []
-    if images_root is not None:
-        parts = p.parts[1:] if p.is_absolute() else p.parts
-        out += [images_root.joinpath(*parts[i:]) for i in range(len(parts))]
-    out.append(p)
-    if not p.is_absolute():
-        out.append(csv_dir / p)
-    return list(dict.fromkeys(out))
-
-
-def resolve_image(key: str, csv_dir: Path, images_root: Path | None) -> Path | None:
-    """The first of :func:`image_candidates` that is a file, or ``None``."""
-    for candidate in image_candidates(key, csv_dir, images_root):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -253,7 +234,8 @@ def build_report(
         The audited model, to recompute the maps of the shown images that ``maps_dir`` does not
         hold (INFORMER monitors only; checked against the monitor's binding).
     images_root
-        Folder the CSV's image paths are looked up under first (see :func:`image_candidates`).
+        Folder the CSV's image paths are looked up under first
+        (:func:`.flagsfile.image_candidates`).
     labels
         Ground truth (classes = the monitor's audited classes): F1 before/after swapping.
     maps_dir
@@ -719,6 +701,4 @@ def _remove_stale(outdir: Path, written: Sequence[Path]) -> None:
 __all__ = [
     "ReportSummary",
     "build_report",
-    "image_candidates",
-    "resolve_image",
 ]

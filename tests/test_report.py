@@ -17,10 +17,10 @@ from reportkit import CLASSES, HOSTILE_NAMES, make_run, parse_page
 from conftest import invoke, read_rows
 from informer_audit.audit import Auditor
 from informer_audit.errors import MapStoreError, MonitorMismatchError
-from informer_audit.flagsfile import read_flags_csv
+from informer_audit.flagsfile import image_candidates, read_flags_csv
 from informer_audit.mapstore import MapStore, map_file_name
 from informer_audit.model import OnnxClassifier
-from informer_audit.report import build_report, image_candidates
+from informer_audit.report import build_report
 from informer_audit.report_figures import map_to_pixels
 from informer_audit.saliency import get_adapter
 from informer_audit.scorers import InformerScorer
