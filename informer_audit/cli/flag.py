@@ -179,18 +179,22 @@ def flag(**kw: Any) -> None:
     finally:
         progress.stop()
     _render(kw, summary, auditor)
-    code = summary.return_code
-    if kw["report_dir"]:
-        try:
-            report = build_report(
-                kw["output"], kw["monitor_path"], kw["report_dir"], model=model,
-                images_root=kw["images"], maps_dir=maps_dir,
-            )  # fmt: skip
-        finally:
-            if scratch is not None:
-                scratch.cleanup()
-        code = max(code, report.return_code)
-    raise SystemExit(code)
+    raise SystemExit(max(summary.return_code, _report(kw, model, maps_dir, scratch)))
+
+
+def _report(kw: dict[str, Any], model: Any, maps_dir: Path | None, scratch: Any) -> int:
+    """``--report DIR``: the HTML report of this run; its exit code (0 without --report)."""
+    try:
+        if not kw["report_dir"]:
+            return 0
+        report = build_report(
+            kw["output"], kw["monitor_path"], kw["report_dir"], model=model,
+            images_root=kw["images"], maps_dir=maps_dir,
+        )  # fmt: skip
+        return int(report.return_code)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
 
 
 def _render(kw: dict[str, Any], summary: Any, auditor: Any) -> None:
