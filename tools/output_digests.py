@@ -4,7 +4,8 @@ A refactoring must not change results. This script runs the bundled example
 (``examples/nih-cxr14/run.sh``: info, calibrate, flag with saved maps, the HTML report) and a
 small ``evaluate`` on the example's 140 labelled images (first 70 by path calibrate, last 70 are
 evaluated; fd at 32 px, entropy, TTA and MSP, 10 bootstrap sets), then hashes every file they
-wrote.
+wrote. The example's
+``output/`` folder (generated, git-ignored) is deleted and written anew.
 
     python tools/output_digests.py record tools/output-digests.json   # before a change
     python tools/output_digests.py check tools/output-digests.json    # after: exit 1 if any differ
