@@ -317,6 +317,13 @@ class Calibration:
         The images that could not be scored.
     labels : LabelSet, optional
         The label set calibrated on (gives :attr:`provenance` its label fields).
+    flag_scores : ndarray, shape (N_ok, K), optional
+        The scores the flag thresholds were compared with on these images: the raw score, the
+        distance to the threshold (margin), the learned flagger's out-of-fold probability
+        (its fitted model's where an image has no label for a class).
+    evidence : dict, optional
+        What the cross-fitted estimate and the information tests showed
+        (:func:`.crossfit.calibration_evidence`); stored in the monitor file.
     """
 
     monitor: FlagMonitor
@@ -325,6 +332,8 @@ class Calibration:
     y: NDArray[np.float64]
     failures: list[ImageResult] = field(default_factory=list)
     labels: LabelSet | None = None
+    flag_scores: NDArray[np.float64] | None = None
+    evidence: dict[str, Any] | None = None
 
     @property
     def return_code(self) -> int:
@@ -356,6 +365,7 @@ def calibrate(
     *,
     grid_step: float = 0.001,
     on_result: Callable[[ImageResult], None] | None = None,
+    evidence_options: Mapping[str, Any] | None = None,
 ) -> Calibration:
     """Score every labelled image and fit the monitor of the auditor's method.
 
@@ -364,6 +374,10 @@ def calibrate(
     auditor : Auditor
         Its audited classes must be ``labels.class_names``, in that order.
     labels : LabelSet
+    evidence_options : mapping, optional
+        Keyword arguments of :func:`.crossfit.calibration_evidence` (``n_splits``,
+        ``n_repeats``, ``n_resamples``, ``seed``); an empty mapping uses its defaults, ``None``
+        skips the estimate (the monitor is the same either way).
     """
     if list(labels.class_names) != auditor.classes:
         raise LabelFormatError(
@@ -387,9 +401,27 @@ def calibrate(
     scored = [_probs_score(r) for r in ok]
     probs = np.stack([s[0] for s in scored])
     scores = np.stack([s[1] for s in scored])
+    dist = _distances(ok) if auditor.scorer.has_maps else None
     monitor = make_monitor(auditor.method, grid_step=grid_step)
-    monitor.fit(scores, y, probs, auditor.classes)
-    return Calibration(monitor, auditor.binding(), ok, y, failed, labels)
+    monitor.fit(scores, y, probs, auditor.classes, dist=dist)
+    fitted = monitor.calibration_scores_
+    flag_scores = np.where(np.isfinite(fitted), fitted, monitor.flag_scores(scores, probs, dist))
+    evidence = None
+    if evidence_options is not None:
+        from .crossfit import calibration_evidence
+
+        evidence = calibration_evidence(
+            monitor, auditor.scorer, scores, y, probs, dist, **evidence_options
+        )
+    return Calibration(monitor, auditor.binding(), ok, y, failed, labels, flag_scores, evidence)
+
+
+def _distances(results: Sequence[ImageResult]) -> NDArray[np.float64]:
+    """The K x K distance matrices of scored results, stacked: (N, K, K)."""
+    dists = [r.dist for r in results]
+    if any(d is None for d in dists):
+        raise ValueError("a scored image of a method with maps has no distance matrix")
+    return np.stack([np.asarray(d) for d in dists if d is not None])
 
 
 # -- flag ---------------------------------------------------------------------------------------
@@ -647,9 +679,14 @@ def _save_maps(store: MapStore, result: ImageResult) -> None:
 def _flag_cells(result: ImageResult, monitor: FlagMonitor, layout: FlagsLayout) -> list[str]:
     """The cells of a scored image's flags row after its path, as the CSV writes them."""
     probs, score = _probs_score(result)
-    yhat, flags, audited = (a[0] for a in monitor.audit(probs[None], score[None]))
-    dist = _scored(result)[2] if layout.with_matrix else None
-    return layout.scored_row(result.key, probs, yhat, score, flags, audited, dist=dist)[1:]
+    dist = result.dist
+    if monitor.uses_distances and dist is None:
+        raise ValueError(f"{result.key}: the {monitor.method!r} monitor needs the distance matrix")
+    d = None if dist is None else dist[None]
+    yhat, flags, audited = (a[0] for a in monitor.audit(probs[None], score[None], d))
+    flag_score = monitor.flag_scores(score[None], probs[None], d)[0]
+    shown = dist if layout.with_matrix else None
+    return layout.scored_row(result.key, probs, yhat, flag_score, flags, audited, dist=shown)[1:]
 
 
 def _write_flags_csv(

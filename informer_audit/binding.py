@@ -5,6 +5,11 @@ for (model SHA-256, classes, preprocessing, saliency or method settings). :func:
 lists where two such JSON-like documents differ; :func:`check_binding` refuses a mismatch with
 the first differing field named. No file format is read or written here, so the journal and
 the maps folder use it without importing the monitor.
+
+A binding recorded before an optional model-card field existed lacks it in its
+``preprocessing``; :func:`legacy_binding` fills in what that run used (``"resize": "float"``),
+and :func:`check_binding` compares through it, so that such a monitor is refused for a run that
+resizes otherwise, with the field named, and accepted for one that resizes as it did.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import MonitorMismatchError
+from .modelcard import RESIZE_MODES, legacy_card_dict
 
 
 def check_binding(
@@ -21,15 +27,65 @@ def check_binding(
     """Refuse a monitor fitted for another model or other settings.
 
     Compares field by field (nested objects included) and names the first field that differs.
+    Both bindings go through :func:`legacy_binding` first: a monitor recorded before the
+    model card's ``resize`` field existed was fitted with ``"resize": "float"``.
+
+    Raises
+    ------
+    MonitorMismatchError
+        The bindings differ. When ``preprocessing.resize`` is one of the differences, its
+        ``params`` is ``("resize",)`` and the message says how to use the monitor as it was
+        fitted.
     """
-    diffs = _diff(found, expected, "")
+    diffs = _diff(legacy_binding(found), legacy_binding(expected), "")
     if diffs:
         field_name, was, now = diffs[0]
         more = f" (and {len(diffs) - 1} more difference(s))" if len(diffs) > 1 else ""
+        fitted = next((was for name, was, _ in diffs if name == "preprocessing.resize"), None)
+        hint = (
+            f" To apply it as it was fitted, give the model card's resize field the monitor's "
+            f'value ("resize": "{fitted}" in the card, or overrides={{"resize": "{fitted}"}}); '
+            'a monitor written before the field existed was fitted with "float".'
+            if fitted in RESIZE_MODES
+            else ""
+        )
         raise MonitorMismatchError(
             f"{source} was fitted for other settings: {field_name} is {was!r} in the monitor but "
             f"{now!r} for this run{more}. Re-run calibrate for this model and these settings."
+            + hint,
+            params=("resize",) if hint else (),
         )
+
+
+def legacy_binding(binding: Any) -> Any:
+    """A recorded binding with the preprocessing fields it predates filled in.
+
+    A binding whose ``preprocessing`` (the model card) lacks an optional card field was written
+    before the field existed, and its run used :data:`~.modelcard.LEGACY_CARD_VALUES`
+    (``"resize": "float"``): that value is filled in (:func:`~.modelcard.legacy_card_dict`).
+    Anything else, including a binding without ``preprocessing`` or a non-mapping, is returned
+    as it is.
+
+    Parameters
+    ----------
+    binding
+        A binding as :meth:`.audit.Auditor.binding` writes it (a monitor's, a maps folder's, a
+        journal's settings).
+
+    Returns
+    -------
+    Any
+        A new mapping when something was filled in; else ``binding`` itself.
+    """
+    if not isinstance(binding, Mapping):
+        return binding
+    preprocessing = binding.get("preprocessing")
+    if not isinstance(preprocessing, Mapping):
+        return binding
+    filled = legacy_card_dict(preprocessing)
+    if len(filled) == len(preprocessing):
+        return binding
+    return {**binding, "preprocessing": filled}
 
 
 def differences(found: Any, expected: Any) -> list[tuple[str, Any, Any]]:
@@ -57,4 +113,4 @@ def _diff(a: Any, b: Any, prefix: str) -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(prefix, a, b)]
 
 
-__all__ = ["check_binding", "differences"]
+__all__ = ["check_binding", "differences", "legacy_binding"]

@@ -32,12 +32,18 @@ import io
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import EvaluationError
+from .evidence import (
+    InformationTest,
+    PairedBootstrap,
+    information_table_rows,
+    paired_bootstrap_many,
+)
 from .metrics import (
     BoolArray,
     FailureMetrics,
@@ -56,7 +62,7 @@ from .metrics import (
     ratio,
     swap_metrics,
 )
-from .monitor import FlagMonitor
+from .monitor import FlagMonitor, f1_threshold
 from .scorers import make_monitor, method_spec
 
 if TYPE_CHECKING:
@@ -66,6 +72,10 @@ logger = logging.getLogger(__name__)
 
 NO_AUDIT = "no_audit"
 """Row name of the model's own predictions, nothing flagged or swapped."""
+RETUNED = "retuned"
+"""Row name of the model's predictions at F1-optimal thresholds fitted on the calibration set
+instead of Youden's: what re-thresholding alone buys, with no monitor."""
+REFERENCES = (NO_AUDIT, RETUNED)
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -148,6 +158,8 @@ class ScoredSet:
     y: Any
     probs: Any
     scores: Mapping[str, Any]
+    dist: Mapping[str, Any] = field(default_factory=dict)
+    """Per method whose monitor reads them (learned), the K x K distances, shape (N, K, K)."""
 
 
 @dataclass(frozen=True)
@@ -198,11 +210,15 @@ class Evaluation:
     bootstrap_mean_f1: dict[str, FloatArray]
     ttests: list[TTest]
     failure: dict[str, FailureMetrics]
+    retuned_thresholds: FloatArray | None = None
+    paired: list[tuple[str, str, PairedBootstrap]] = field(default_factory=list)
+    information: list[tuple[str, str, InformationTest]] = field(default_factory=list)
+    n_resamples: int = 0
 
     @property
     def rows(self) -> list[str]:
-        """Row names of the per-method tables: ``no_audit``, then :attr:`methods`."""
-        return [NO_AUDIT, *self.methods]
+        """Row names of the per-method tables: ``no_audit``, ``retuned``, then :attr:`methods`."""
+        return [*(r for r in REFERENCES if r in self.test), *self.methods]
 
     @property
     def n_bootstrap(self) -> int:
@@ -241,6 +257,14 @@ class Evaluation:
         rows: list[tuple[Any, ...]] = [
             ("prediction (Youden)", "", *(float(t) for t in self.prediction_thresholds))
         ]
+        if self.retuned_thresholds is not None:
+            rows.append(
+                (
+                    "prediction (F1-optimal, retuned)",
+                    "",
+                    *(float(t) for t in self.retuned_thresholds),
+                )
+            )
         for name in self.methods:
             mon = self.monitors[name]
             rows.append((name, mon.direction, *(float(t) for t in mon.flag_thresholds_)))
@@ -277,6 +301,54 @@ class Evaluation:
         )
         return Table(
             ("informer", "baseline", "mean_difference", "statistic", "p_value", "n_bootstrap"),
+            rows,
+        )
+
+    def paired_bootstrap_table(self) -> Table:
+        """Paired bootstrap of the difference in mean F1: ``method``, ``reference``, the
+        observed difference, its percentile interval and two-sided p-value."""
+        rows = tuple(
+            (a, b, r.mean_difference, r.low, r.high, r.p_value, r.n_resamples)
+            for a, b, r in self.paired
+        )
+        return Table(
+            ("method", "versus", "difference", "low", "high", "p_value", "n_resamples"), rows
+        )
+
+    def information_table(self) -> Table:
+        """Per method and class: does the flag score rank errors on the test set, and does it
+        add anything beyond the model's probability?
+
+        See :func:`.evidence.information_beyond_confidence`.
+        """
+        rows = tuple(
+            (
+                m,
+                c,
+                t.n,
+                t.n_wrong,
+                t.auroc,
+                t.auroc_pred_pos,
+                t.auroc_pred_neg,
+                t.lr_statistic,
+                t.p_value,
+                t.cv_auroc_gain,
+            )
+            for m, c, t in self.information
+        )
+        return Table(
+            (
+                "method",
+                "class",
+                "n",
+                "n_wrong",
+                "auroc",
+                "auroc_pred_pos",
+                "auroc_pred_neg",
+                "lr_statistic",
+                "p_value",
+                "cv_auroc_gain",
+            ),
             rows,
         )
 
@@ -357,6 +429,7 @@ def evaluate_methods(
     grid_step: float = 0.001,
     n_bootstrap: int = 30,
     seed: int = 0,
+    n_resamples: int = 10_000,
 ) -> Evaluation:
     """Fit every method on the calibration set and evaluate it on the test set.
 
@@ -373,7 +446,10 @@ def evaluate_methods(
     n_bootstrap : int
         Number of bootstrap test sets (>= 2, for the t-tests).
     seed : int
-        Seed of :func:`bootstrap_indices`.
+        Seed of :func:`bootstrap_indices`, of the paired bootstrap and of the folds of the
+        information tests.
+    n_resamples : int
+        Resamples of the paired bootstrap of differences in mean F1 (0 skips it).
 
     Returns
     -------
@@ -411,28 +487,51 @@ def evaluate_methods(
     reference = FlagMonitor(NO_AUDIT, "below", float(grid_step))
     reference.fit(np.zeros_like(cal_p), cal_y, cal_p, names)
     yhat = reference.predict(test_p)
+    retuned_t = np.array(
+        [f1_threshold(cal_y[np.isfinite(cal_y[:, j]), j], cal_p[np.isfinite(cal_y[:, j]), j])
+         for j in range(k)]
+    )  # fmt: skip
+    retuned = test_p >= retuned_t
 
-    swapped: dict[str, SwapMetrics] = {NO_AUDIT: swap_metrics(test_y, yhat)}
-    audited: dict[str, BoolArray] = {NO_AUDIT: yhat}
+    swapped: dict[str, SwapMetrics] = {
+        NO_AUDIT: swap_metrics(test_y, yhat),
+        # "flags" of the retuned row: the predictions that differ from no_audit's.
+        RETUNED: swap_metrics(test_y, yhat, retuned ^ yhat),
+    }
+    audited: dict[str, BoolArray] = {NO_AUDIT: yhat, RETUNED: retuned}
     failure: dict[str, FailureMetrics] = {}
+    flag_scores: dict[str, FloatArray] = {}
     for name in methods:
         cal_s = as_finite(calibration.scores[name], f"calibration scores[{name!r}]", cal_y.shape)
         test_s = as_finite(test.scores[name], f"test scores[{name!r}]", test_y.shape)
-        monitor = monitors[name].fit(cal_s, cal_y, cal_p, names)
-        flags = monitor.flag(test_s)
+        cal_d, test_d = _distances(monitors[name], name, calibration, test, k)
+        monitor = monitors[name].fit(cal_s, cal_y, cal_p, names, dist=cal_d)
+        flag_scores[name] = monitor.flag_scores(test_s, test_p, test_d)
+        flags = monitor.flag(test_s, test_p, test_d)
         swapped[name] = swap_metrics(test_y, yhat, flags)
         audited[name] = yhat ^ flags
-        failure[name] = failure_metrics(test_y, yhat, test_s, dirs[name])
+        failure[name] = failure_metrics(test_y, yhat, flag_scores[name], dirs[name])
         logger.debug("%s: %d flags on the test set", name, int(flags.sum()))
 
     idx = bootstrap_indices(test_y.shape[0], int(n_bootstrap), seed)
-    boot = {row: bootstrap_mean_f1(test_y, audited[row], idx) for row in [NO_AUDIT, *methods]}
+    boot = {row: bootstrap_mean_f1(test_y, audited[row], idx) for row in [*REFERENCES, *methods]}
     ttests = []
     for inf in informer:
         for base in [*baselines, NO_AUDIT]:
             stat, p = paired_ttest(boot[inf], boot[base])
             diff = float(np.mean(boot[inf] - boot[base]))
             ttests.append(TTest(inf, base, diff, stat, p, int(n_bootstrap)))
+    paired = _paired(test_y, audited, swapped, informer, baselines, int(n_resamples), seed)
+    information = information_table_rows(
+        test_y,
+        test_p,
+        yhat,
+        flag_scores,
+        dirs,
+        {m: _function_of_p(m) for m in methods},
+        names,
+        seed=seed,
+    )
     return Evaluation(
         class_names=names,
         methods=methods,
@@ -450,11 +549,63 @@ def evaluate_methods(
         bootstrap_mean_f1=boot,
         ttests=ttests,
         failure=failure,
+        retuned_thresholds=retuned_t,
+        paired=paired,
+        information=information,
+        n_resamples=int(n_resamples),
     )
+
+
+def _distances(
+    monitor: FlagMonitor, name: str, calibration: ScoredSet, test: ScoredSet, k: int
+) -> tuple[FloatArray | None, FloatArray | None]:
+    """The distance matrices of a method whose monitor reads them (``None`` otherwise)."""
+    if not monitor.uses_distances:
+        return None, None
+    out = []
+    for s, what in ((calibration, "calibration"), (test, "test")):
+        if name not in s.dist:
+            raise EvaluationError(
+                f"method {name!r} reads the distances between the class maps: the {what} set "
+                f"needs dist[{name!r}], shape (N, {k}, {k})"
+            )
+        n = np.asarray(s.y).shape[0]
+        out.append(as_finite(s.dist[name], f"{what} dist[{name!r}]", (n, k, k)))
+    return out[0], out[1]
+
+
+def _function_of_p(method: str) -> bool:
+    try:
+        return bool(method_spec(method).function_of_probabilities)
+    except EvaluationError:
+        return False  # a method the registry does not know: test it
+
+
+def _paired(
+    y: FloatArray,
+    audited: Mapping[str, BoolArray],
+    swapped: Mapping[str, SwapMetrics],
+    informer: Sequence[str],
+    baselines: Sequence[str],
+    n_resamples: int,
+    seed: int,
+) -> list[tuple[str, str, PairedBootstrap]]:
+    """Every row against ``no_audit``; the map-based rows and ``retuned`` also against the
+    best baseline (the baseline with the highest test mean F1), on the same resamples."""
+    if n_resamples <= 0:
+        return []
+    pairs = [(row, NO_AUDIT) for row in [RETUNED, *informer, *baselines]]
+    if baselines:
+        best = max(baselines, key=lambda b: np.nan_to_num(swapped[b].mean_f1, nan=-1.0))
+        pairs += [(row, best) for row in [RETUNED, *informer]]
+    results = paired_bootstrap_many(y, audited, pairs, n_resamples=n_resamples, seed=seed)
+    return [(a, b, r) for (a, b), r in zip(pairs, results, strict=True)]
 
 
 __all__ = [
     "NO_AUDIT",
+    "REFERENCES",
+    "RETUNED",
     "Evaluation",
     "ScoredSet",
     "Table",

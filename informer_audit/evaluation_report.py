@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ReportError
-from .evaluation import NO_AUDIT, Evaluation, Table, md_cell
+from .evaluation import NO_AUDIT, RETUNED, Evaluation, Table, md_cell
 from .fileio import atomic_write_bytes, atomic_write_text
 from .png import png_from_figure
 
@@ -33,6 +33,8 @@ REPORT_FILES = (
     "thresholds.csv",
     "bootstrap.csv",
     "ttests.csv",
+    "paired_bootstrap.csv",
+    "information.csv",
     "failure_metrics.csv",
     "bootstrap_boxplot.png",
     "risk_coverage.png",
@@ -138,10 +140,16 @@ def render_evaluation_markdown(
     t1 = result.table1()
     t1_flags = Table((*t1.columns, "flags"), tuple((*row, flags_total[row[0]]) for row in t1.rows))
     method_lines = [
-        f"- `{m}`: flags when the score is {result.directions[m]} its class threshold"
-        + (" (INFORMER)" if m in result.informer_methods else " (baseline)")
+        f"- `{m}`: flags when its score is {result.directions[m]} its class threshold"
+        + (" (saliency maps)" if m in result.informer_methods else " (baseline)")
         for m in result.methods
     ]
+    if RETUNED in result.test:
+        method_lines.append(
+            f"- `{RETUNED}`: no monitor; the model's predictions at the thresholds that maximise "
+            "F1 on the calibration set instead of Youden's (what re-thresholding alone buys; "
+            "its flag count is the number of predictions that differ from `no_audit`)."
+        )
     ref = _stars_reference(result)
     out = [
         f"# {title}",
@@ -188,11 +196,16 @@ def render_evaluation_markdown(
         "",
         *(["![Bootstrap mean F1 per method](bootstrap_boxplot.png)", ""] if plots else []),
         result.bootstrap_summary_table().to_markdown(".3f"),
-        "### Paired t-tests",
+        "### Paired t-tests (the paper's protocol)",
         "",
-        "Two-sided `scipy.stats.ttest_rel` over the bootstrap mean F1s, each INFORMER variant "
-        "against each baseline and against `no_audit` (p n/a: the differences do not vary)."
-        + (f" The box plot's stars compare against `{ref}`." if ref else ""),
+        f"As in the paper: two-sided `scipy.stats.ttest_rel` over the {result.n_bootstrap} "
+        "bootstrap mean F1s, each map-based method against each baseline and against "
+        "`no_audit` (p n/a: the differences do not vary)."
+        + (f" The box plot's stars compare against `{ref}`." if ref else "")
+        + " These p-values overstate significance: the bootstrap sets are resamples of one "
+        "test set, not independent samples of new patients, and the t statistic grows with "
+        "the square root of their number, which is arbitrary. Read the paired bootstrap "
+        "below instead.",
         "",
         Table(
             ("informer", "vs", "mean_difference", "t", "p_value", ""),
@@ -201,6 +214,8 @@ def render_evaluation_markdown(
                 for t in result.ttests
             ),
         ).to_markdown(".3f", {"p_value": ".3g"}),
+        *_paired_section(result),
+        *_information_section(result),
         "## Failure detection (threshold-free)",
         "",
         'For each class, "the prediction is wrong" (before any swap) against each method\'s '
@@ -239,6 +254,45 @@ def render_evaluation_markdown(
         "",
     ]
     return "\n".join(out)
+
+
+def _paired_section(result: Evaluation) -> list[str]:
+    if not result.paired:
+        return []
+    return [
+        "### Paired bootstrap of the difference in mean F1",
+        "",
+        f"{result.n_resamples} test sets drawn with replacement (seed {result.seed}), the same "
+        "for every method; `difference` is the observed difference in mean F1 (method minus "
+        "the row it is compared with) on the test set, `low`/`high` the 95% percentile "
+        "interval of the resampled differences, `p_value` two-sided from the resamples. Each "
+        "row is compared with `no_audit`; the map-based methods and `retuned` also with the "
+        "best baseline (the baseline with the highest mean F1 on this test set). An interval "
+        "that contains 0 means no evidence of a difference on this test set.",
+        "",
+        result.paired_bootstrap_table().to_markdown(".3f", {"p_value": ".3g"}),
+    ]
+
+
+def _information_section(result: Evaluation) -> list[str]:
+    if not result.information:
+        return []
+    return [
+        "## Information beyond the model's confidence",
+        "",
+        'Per method and class, on the test set: the AUROC of the flag score for "the '
+        'prediction is wrong" (oriented so that above 0.5 means the score points at errors), '
+        "overall and within the predicted positives and negatives; then whether the score adds "
+        "anything to a logistic model of errors on a spline of logit p and the prediction "
+        "(`lr_statistic`, likelihood-ratio test with 1 degree of freedom, `p_value`; "
+        "`cv_auroc_gain`: cross-validated AUROC of the model with the score minus without). "
+        "A score that is a function of p alone (entropy, MSP, margin) adds nothing by "
+        "construction: its gain is 0 and its p-value 1, however high its AUROC. A high "
+        "overall AUROC with AUROCs near 0.5 within predicted positives and negatives means "
+        "the score only separates the two predictions.",
+        "",
+        result.information_table().to_markdown(".3f", {"p_value": ".3g"}),
+    ]
 
 
 def write_evaluation_report(
@@ -303,6 +357,8 @@ def write_evaluation_report(
         "thresholds.csv": result.thresholds_table(),
         "bootstrap.csv": result.bootstrap_table(),
         "ttests.csv": result.ttest_table(),
+        "paired_bootstrap.csv": result.paired_bootstrap_table(),
+        "information.csv": result.information_table(),
         "failure_metrics.csv": result.failure_table(),
     }
     written = []

@@ -46,6 +46,7 @@ from .saliency import available_adapters
 from .scorers import (
     EntropyScorer,
     InformerScorer,
+    LearnedScorer,
     ProbabilityScorer,
     Scorer,
     TTAScorer,
@@ -159,11 +160,11 @@ class EvaluationPlan:
         if not methods or len(set(methods)) != len(methods) or set(methods) - set(known):
             raise EvaluationError(f"methods must be distinct names among {known}, got {methods}")
         names = list(self.saliency or ())
-        informer = InformerScorer.name in methods
+        informer = bool({InformerScorer.name, LearnedScorer.name} & set(methods))
         if names and not informer:
             raise EvaluationError(
-                f"saliency adapters {names} apply to method 'informer', which methods "
-                f"{methods} leave out"
+                f"saliency adapters {names} apply to methods 'informer' and 'learned', which "
+                f"methods {methods} leave out"
             )
         if not names and informer:
             names = ["fd"]
@@ -183,22 +184,26 @@ class EvaluationPlan:
         return names
 
     def scorers(self) -> dict[str, Scorer]:
-        """Row name -> scorer: ``informer_<adapter>`` per adapter, then the baselines."""
+        """Row name -> scorer: ``informer_<adapter>`` per adapter, ``learned_<adapter>`` per
+        adapter, then the baselines."""
         rows: dict[str, Scorer] = {}
-        for name in self.adapters():
-            params = dict((self.saliency_params or {}).get(name, {}))
-            takes = _init_params(name)
-            if "seed" in takes:
-                params.setdefault("seed", self.seed)
-            rows[f"{InformerScorer.name}_{name}"] = build_scorer(
-                InformerScorer.name,
-                saliency=name,
-                saliency_params=params,
-                module=self.module if "module" in takes else None,
-                batch_size=self.batch_size,
-            )
+        with_maps = [m for m in (InformerScorer.name, LearnedScorer.name) if m in self.methods]
+        adapters = self.adapters()
+        for method in with_maps:
+            for name in adapters:
+                params = dict((self.saliency_params or {}).get(name, {}))
+                takes = _init_params(name)
+                if "seed" in takes:
+                    params.setdefault("seed", self.seed)
+                rows[f"{method}_{name}"] = build_scorer(
+                    method,
+                    saliency=name,
+                    saliency_params=params,
+                    module=self.module if "module" in takes else None,
+                    batch_size=self.batch_size,
+                )
         for method in self.methods:
-            if method == InformerScorer.name:
+            if method in with_maps:
                 continue
             tta = {"copies": 10, "seed": self.seed, **dict(self.tta or {})}
             rows[method] = build_scorer(
@@ -250,6 +255,7 @@ def run_evaluation(
     cache: ScoreCache | None = None,
     grid_step: float = 0.001,
     n_bootstrap: int = 30,
+    n_resamples: int = 10_000,
     seed: int | None = None,
     images_per_chunk: int = 8,
     on_progress: Progress | None = None,
@@ -269,7 +275,9 @@ def run_evaluation(
     grid_step : float
         Flag-threshold grid step.
     n_bootstrap : int
-        Bootstrap test sets (>= 2).
+        Bootstrap test sets of the paper's t-tests (>= 2).
+    n_resamples : int
+        Resamples of the paired bootstrap of differences in mean F1 (0 skips it).
     seed : int, optional
         Seed of the bootstrap; default the plan's seed (0 for a mapping of scorers).
     images_per_chunk : int
@@ -309,11 +317,19 @@ def run_evaluation(
 
     # One run for the probabilities (the probability scorers are functions of them), one per
     # other row (each saliency adapter, TTA). Its cache entries hold the logits alone.
+    # A row that computes the same maps as an earlier row (learned_fd and informer_fd) reads
+    # that row's run.
     runs: dict[str, Auditor] = {"probabilities": auditor(EntropyScorer())}
     rows: dict[str, Auditor] = {}
+    source: dict[str, str] = {}
     for row, scorer in row_scorers.items():
         rows[row] = auditor(scorer)
-        if not isinstance(scorer, ProbabilityScorer):
+        if isinstance(scorer, ProbabilityScorer):
+            continue
+        same = [r for r, aud in runs.items() if _same_scores(aud.scorer, scorer)]
+        if same:
+            source[row] = same[0]
+        else:
             runs[row] = rows[row]
 
     label_sets = {"calibration": calibration, "test": test}
@@ -342,12 +358,16 @@ def run_evaluation(
         n_scored[set_name] = len(keep)
         probs = np.stack([_probs(results["probabilities"][i]) for i in keep])
         scores: dict[str, NDArray[np.float64]] = {}
+        dist: dict[str, NDArray[np.float64]] = {}
         for row, aud in rows.items():
-            if row in results:
-                scores[row] = np.stack([_score(results[row][i]) for i in keep])
+            run = results.get(source.get(row, row))
+            if run is not None:
+                scores[row] = np.stack([_score(run[i]) for i in keep])
+                if aud.scorer.has_maps:
+                    dist[row] = np.stack([_dist(run[i]) for i in keep])
             elif isinstance(aud.scorer, ProbabilityScorer):
                 scores[row] = aud.scorer.score_probabilities(probs)
-        scored[set_name] = ScoredSet(y=labels.y[keep], probs=probs, scores=scores)
+        scored[set_name] = ScoredSet(y=labels.y[keep], probs=probs, scores=scores, dist=dist)
 
     evaluation = evaluate_methods(
         scored["calibration"],
@@ -356,6 +376,7 @@ def run_evaluation(
         grid_step=grid_step,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        n_resamples=n_resamples,
     )
     settings = {row: aud.scorer.method_settings() for row, aud in rows.items()}
     calib_paths = {p.resolve() for p in calibration.paths}
@@ -418,6 +439,22 @@ def _probs(r: ImageResult) -> NDArray[np.float64]:
     if r.probs is None:
         raise EvaluationError(f"{r.key}: image was not scored ({r.error})")
     return r.probs
+
+
+def _same_scores(a: Scorer, b: Scorer) -> bool:
+    """Both scorers compute the same maps and scores (what one score-cache entry holds)."""
+    return (
+        a.has_maps
+        and b.has_maps
+        and a.cache_kind == b.cache_kind
+        and a.cache_settings() == b.cache_settings()
+    )
+
+
+def _dist(r: ImageResult) -> NDArray[np.float64]:
+    if r.dist is None:
+        raise EvaluationError(f"{r.key}: image has no distance matrix ({r.error})")
+    return r.dist
 
 
 def _score(r: ImageResult) -> NDArray[np.float64]:

@@ -186,7 +186,10 @@ def write_scores_csv(path: str | Path, calibration: Calibration, classes: Sequen
     """Per-image calibration table: labels, probabilities, predictions, scores, flags.
 
     INFORMER writes ``d_C`` columns and the upper triangle of the K x K distance matrix; a
-    baseline writes ``<method>_C`` columns (``entropy_C``, ...) and no matrix.
+    baseline writes ``<method>_C`` columns (``entropy_C``, ...) and no matrix. The score is the
+    one the flag threshold was fitted on (:attr:`~.audit.Calibration.flag_scores`): for the
+    learned flagger (``pwrong_C``, with the matrix), each image's out-of-fold probability, so
+    the flags here are the ones the calibration table counts.
     """
     mon = calibration.monitor
     informer = scorer_class(mon.method).has_maps
@@ -194,12 +197,20 @@ def write_scores_csv(path: str | Path, calibration: Calibration, classes: Sequen
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(layout.columns)
-    for r, y in zip(calibration.results, calibration.y, strict=True):
+    fitted = calibration.flag_scores
+    for i, (r, y) in enumerate(zip(calibration.results, calibration.y, strict=True)):
         if r.probs is None or r.score is None or (informer and r.dist is None):
             raise ValueError(f"{r.key}: image was not scored ({r.error})")
-        yhat, flags, audited = (a[0] for a in mon.audit(r.probs[None], r.score[None]))
+        d = None if r.dist is None else r.dist[None]
+        score = mon.flag_scores(r.score[None], r.probs[None], d)[0]
+        if fitted is not None:  # what tau was fitted on, where the image has a label
+            score = np.where(np.isfinite(fitted[i]), fitted[i], score)
+        yhat = mon.predict(r.probs[None])[0]
+        flags = mon.flags_of(score[None])[0]
         writer.writerow(
-            layout.scored_row(r.key, r.probs, yhat, r.score, flags, audited, labels=y, dist=r.dist)
+            layout.scored_row(
+                r.key, r.probs, yhat, score, flags, yhat ^ flags, labels=y, dist=r.dist
+            )
         )
     for r in calibration.failures:
         writer.writerow(layout.failed_row(r.key, r.error))
@@ -412,7 +423,7 @@ def check_flags_against_monitor(
     t, tau = monitor.prediction_thresholds_, monitor.flag_thresholds_
     for r in table.ok_rows:
         pred = monitor.predict(r.probs[None])[0]
-        flag = monitor.flag(r.score[None])[0]
+        flag = monitor.flags_of(r.score[None])[0]  # the CSV holds the flag scores
         near_t = np.abs(r.probs - t) <= 1e-7 * np.maximum(1.0, np.abs(t))
         near_tau = np.abs(r.score - tau) <= 1e-7 * np.maximum(1.0, np.abs(tau))
         bad_pred = (pred != r.pred) & ~near_t

@@ -11,6 +11,12 @@ meaningful transparency); palette, CMYK, 1-bit and LA images are converted to RG
 Everything downstream (the model wrapper) resizes, converts channels and normalises from this
 convention only.
 
+:func:`load_image` returns a :class:`LoadedImage`: that float32 array, which also records the bit
+depth of its source (:attr:`LoadedImage.source_bits`), so that the model wrapper can convert and
+resize an 8-bit source in 8 bits, as PIL and torchvision pipelines do (:func:`is_8bit`,
+:func:`to_channels_8bit`, :func:`resize_8bit`; the model card's ``resize`` field), and every other
+source in float (:func:`to_channels`, :func:`resize`).
+
 DICOM files (read with pydicom; recognised by the ``DICM`` marker at byte 128 whatever their
 name, or by a ``.dcm``/``.dicom`` suffix) go through the standard grayscale pipeline: the
 modality LUT (rescale slope/intercept or Modality LUT Sequence), then the VOI transform (the
@@ -74,6 +80,64 @@ MAX_PIXELS = 89_478_485
 ``Image.MAX_IMAGE_PIXELS``, so that every format has the same limit (:func:`pixel_limit`)."""
 
 CanonicalImage = NDArray[np.float32]
+
+
+class LoadedImage(np.ndarray[Any, np.dtype[np.float32]]):
+    """A canonical image that records the bit depth of the file it was read from.
+
+    What :func:`load_image` returns: a ``float32`` array of shape ``(H, W, C)`` on the 8-bit
+    scale, usable wherever an ndarray is, with one attribute more. Views and copies keep
+    :attr:`source_bits` (slices, transposes, ``copy``, ``astype``, ``np.repeat``); values
+    computed from the image (arithmetic and every other ufunc) are plain ndarrays, as they are
+    no longer the file's values.
+
+    Parameters
+    ----------
+    array : array_like, shape (H, W, C)
+        The canonical image (converted to ``float32``).
+    source_bits : int or None
+        See :attr:`source_bits`.
+
+    Attributes
+    ----------
+    source_bits : int or None
+        Bits per sample of the pixels decoded from the file, before they were put on the 8-bit
+        scale: 1 (bilevel), 8, 16 (every integer type wider than 8 bits, which is scaled by
+        255/65535), or the width of the floating-point type (16, 32 or 64) for float pixels
+        (float TIFF; DICOM grayscale, and DICOM RGB of more than 8 bits, after the display
+        transforms, in float64); ``None`` when unknown.
+    """
+
+    source_bits: int | None
+
+    def __new__(cls, array: Any, source_bits: int | None) -> LoadedImage:
+        obj = np.asarray(array, dtype=np.float32).view(cls)
+        obj.source_bits = source_bits
+        return obj
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.source_bits = getattr(obj, "source_bits", None)
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        # Computed values are no source's pixels: compute on plain arrays, return plain arrays.
+        inputs = tuple(_plain(x) for x in inputs)
+        if kwargs.get("out") is not None:
+            kwargs["out"] = tuple(_plain(x) for x in kwargs["out"])
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __reduce__(self) -> Any:
+        rebuild, args, state = cast("tuple[Any, ...]", super().__reduce__())[:3]
+        return rebuild, args, (state, self.source_bits)
+
+    def __setstate__(self, state: Any) -> None:
+        array_state, self.source_bits = state
+        super().__setstate__(array_state)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as a plain ndarray view when it is a :class:`LoadedImage`; else itself."""
+    return value.view(np.ndarray) if isinstance(value, LoadedImage) else value
+
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 _PILLOW_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")  # PNG, JPEG, BMP
@@ -322,7 +386,7 @@ def is_dicom(path: str | Path) -> bool:
         return False
 
 
-def load_image(path: str | Path) -> CanonicalImage:
+def load_image(path: str | Path) -> LoadedImage:
     """Read one image file into the canonical convention.
 
     Parameters
@@ -334,8 +398,10 @@ def load_image(path: str | Path) -> CanonicalImage:
 
     Returns
     -------
-    ndarray, shape (H, W, C), float32
-        ``C`` is 1 or 3; values in ``[0, 255]``.
+    LoadedImage, shape (H, W, C), float32
+        An ndarray; ``C`` is 1 or 3; values in ``[0, 255]``; its
+        :attr:`~LoadedImage.source_bits` says how many bits per sample the file's pixels had
+        (8 for 8-bit files, whose values it keeps: the model wrapper then resizes them in 8 bits).
 
     Raises
     ------
@@ -561,7 +627,7 @@ def _dicom_colour(ds: Any, raw: NDArray[np.generic], photometric: str) -> NDArra
     return np.clip(raw.astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
 
 
-def _check(path: Path, array: NDArray[np.generic]) -> CanonicalImage:
+def _check(path: Path, array: NDArray[np.generic]) -> LoadedImage:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
@@ -578,10 +644,11 @@ def _check(path: Path, array: NDArray[np.generic]) -> CanonicalImage:
         array = array[:, :, :3]
     kind, bits = array.dtype.kind, array.dtype.itemsize * 8
     if kind == "b":
-        out = array.astype(np.float32) * 255.0
+        out, bits = array.astype(np.float32) * 255.0, 1
     elif kind == "u" and bits == 8:
         out = array.astype(np.float32)
     elif kind in "ui":
+        bits = 16  # scaled as 16-bit, whatever the integer type that holds the values
         top = int(array.max()) if array.size else 0
         if int(array.min()) < 0 or top > 65535:
             raise ImageReadError(
@@ -603,7 +670,7 @@ def _check(path: Path, array: NDArray[np.generic]) -> CanonicalImage:
     ):
         # A grayscale image stored as RGB: keep one channel; the model wrapper replicates it.
         out = out[:, :, :1]
-    return np.ascontiguousarray(out)
+    return LoadedImage(np.ascontiguousarray(out), source_bits=bits)
 
 
 def to_channels(image: CanonicalImage, channels: int) -> CanonicalImage:
@@ -657,3 +724,112 @@ def resize(image: CanonicalImage, size: tuple[int, int]) -> CanonicalImage:
         for i in range(image.shape[2])
     ]
     return np.stack(planes, axis=2)
+
+
+def is_8bit(image: CanonicalImage) -> bool:
+    """Whether a canonical image holds the pixels of an 8-bit (or bilevel) file, as read.
+
+    True for a :class:`LoadedImage` whose :attr:`~LoadedImage.source_bits` is at most 8 and whose
+    values are all integers in ``[0, 255]`` (an image edited in place after loading may no
+    longer be). False for every other array: a plain ndarray says nothing about its source, and
+    a 16-bit file's values are not 8-bit ones, even where they happen to be integers.
+    """
+    bits = getattr(image, "source_bits", None)
+    return bits is not None and bits <= 8 and _as_uint8(image) is not None
+
+
+def _as_uint8(image: CanonicalImage) -> NDArray[np.uint8] | None:
+    """The image as uint8 when that is exact (integers in [0, 255]); else ``None``."""
+    values = np.asarray(image)
+    if not values.size or values.min() < 0 or values.max() > 255:
+        return None
+    u8 = values.astype(np.uint8)
+    return u8 if np.array_equal(u8, values) else None
+
+
+def _uint8_or_refuse(image: CanonicalImage, what: str) -> NDArray[np.uint8]:
+    u8 = _as_uint8(image)
+    if u8 is None:
+        values = np.asarray(image)
+        found = (
+            "an empty image"
+            if not values.size
+            else f"values in [{values.min():g}, {values.max():g}]"
+            if values.min() < 0 or values.max() > 255
+            else "values that are not integers"
+        )
+        raise ValueError(
+            f"{what}: expected 8-bit values (integers in [0, 255]), got {found}; "
+            "such an image is converted and resized in float (to_channels, resize)"
+        )
+    return u8
+
+
+def to_channels_8bit(image: CanonicalImage, channels: int) -> CanonicalImage:
+    """Convert an image of 8-bit values to 1 or 3 channels as Pillow does on 8-bit images.
+
+    RGB to grayscale is Pillow's ``convert("L")`` (ITU-R 601-2 weights in fixed point, rounded to
+    an 8-bit level), what a PIL pipeline (``Image.open(f).convert("L")``) gives; grayscale is
+    replicated to RGB, which is exact either way (:func:`to_channels` keeps the luminance
+    unrounded).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W, C), float32
+        Values integers in ``[0, 255]``.
+    channels : {1, 3}
+
+    Returns
+    -------
+    ndarray, shape (H, W, channels), float32
+        Integer values in ``[0, 255]``.
+
+    Raises
+    ------
+    ValueError
+        ``image`` holds other values than integers in ``[0, 255]``.
+    ImageReadError
+        Another channel conversion than 1 <-> 3.
+    """
+    if image.shape[2] == 3 and channels == 1:
+        u8 = _uint8_or_refuse(image, "to_channels_8bit")
+        gray = Image.fromarray(np.ascontiguousarray(u8)).convert("L")
+        return np.asarray(gray, dtype=np.float32)[:, :, None]
+    return to_channels(image, channels)
+
+
+def resize_8bit(image: CanonicalImage, size: tuple[int, int]) -> CanonicalImage:
+    """Resize an image of 8-bit values with Pillow's bilinear filter on the 8-bit image.
+
+    Mode ``"L"`` for grayscale, ``"RGB"`` for colour: bit for bit what PIL and torchvision
+    pipelines give (``Image.open(f).convert("L").resize((W, H), Image.BILINEAR)``,
+    ``torchvision.transforms.Resize`` on a PIL image), antialiased when shrinking, each output
+    pixel rounded to an 8-bit level (Pillow computes in fixed point). :func:`resize` computes the
+    same filter in float, without that rounding.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W, C), float32
+        ``C`` is 1 or 3; values integers in ``[0, 255]``.
+    size : (height, width)
+
+    Returns
+    -------
+    ndarray, shape (height, width, C), float32
+        Integer values in ``[0, 255]``; ``image`` itself when it already has that size.
+
+    Raises
+    ------
+    ValueError
+        ``image`` holds other values than integers in ``[0, 255]``, or has neither 1 nor 3
+        channels.
+    """
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    if image.shape[2] not in (1, 3):
+        raise ValueError(f"resize_8bit needs 1 or 3 channels, got {image.shape[2]}")
+    u8 = _uint8_or_refuse(image, "resize_8bit")
+    pil = Image.fromarray(np.ascontiguousarray(u8[:, :, 0] if u8.shape[2] == 1 else u8))
+    out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    return out[:, :, None] if out.ndim == 2 else out

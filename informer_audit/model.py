@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from .errors import DeviceUnavailableError, ModelSpecError
 from .fileio import sha256_files
-from .images import CanonicalImage, resize, to_channels
+from .images import CanonicalImage, is_8bit, resize, resize_8bit, to_channels, to_channels_8bit
 from .modelcard import PROVENANCE_METADATA_KEY, resolve_card
 from .numerics import logit
 
@@ -354,6 +354,16 @@ class OnnxClassifier:
     def preprocess(self, images: Sequence[CanonicalImage]) -> NDArray[np.float32]:
         """Canonical images -> normalised model input batch.
 
+        Each image is converted to the card's channels and resized to its ``image_size``, then
+        divided by ``scale`` and normalised with ``(x - mean) / std`` (float32). With the card's
+        ``resize`` at ``"uint8"`` (the default), an image of an 8-bit file (a
+        :class:`~.images.LoadedImage` from :func:`~.images.load_image`; :func:`~.images.is_8bit`)
+        is converted and resized by Pillow on the 8-bit image, as a PIL or torchvision pipeline
+        does (:func:`~.images.to_channels_8bit` before resizing when it loses channels,
+        :func:`~.images.resize_8bit`, replication to RGB after); every other image (16-bit,
+        float, DICOM grayscale; a plain ndarray; every image with ``"resize": "float"``) in
+        float (:func:`~.images.to_channels`, :func:`~.images.resize`).
+
         Parameters
         ----------
         images : sequence of ndarray, each (H_i, W_i, C_i), float32 on the 8-bit scale
@@ -368,7 +378,11 @@ class OnnxClassifier:
         for i, image in enumerate(images):
             if image.ndim != 3:
                 raise ValueError(f"expected a canonical (H, W, C) image, got shape {image.shape}")
-            x = resize(to_channels(image, card.channels), card.image_size)
+            if card.resize == "uint8" and is_8bit(image):
+                x = image if image.shape[2] <= card.channels else to_channels_8bit(image, 1)
+                x = to_channels(resize_8bit(x, card.image_size), card.channels)
+            else:
+                x = resize(to_channels(image, card.channels), card.image_size)
             x = (x / np.float32(card.scale) - self._mean) / self._std
             batch[i] = x.transpose(2, 0, 1)
         return batch

@@ -4,7 +4,17 @@ A :class:`ModelCard` says how the vendor's model expects its input (size, channe
 scale, mean/std) and what it outputs (class names; logits or probabilities). It is read, in order
 of precedence, from explicit overrides (CLI options), a card file (JSON or TOML), or the ONNX
 file's ``metadata_props`` under :data:`CARD_METADATA_KEY` (:func:`resolve_card`). Nothing is
-guessed: a field that none of them gives is an error.
+guessed: a field of :data:`CARD_FIELDS` that none of them gives is an error; the optional fields
+(:data:`CARD_DEFAULTS`) take their default.
+
+``resize`` (optional) says how images are brought to the model's size. ``"uint8"`` (the
+default): an 8-bit source (an 8-bit PNG, JPEG, ...) is converted to the model's channels and
+resized by Pillow's bilinear filter on the 8-bit image, as PIL and torchvision pipelines train
+models (RGB to grayscale is then Pillow's rounded ``convert("L")``); 16-bit, float and DICOM
+grayscale sources keep their precision (float resizing). ``"float"``: every image is converted
+and resized in float, the only behaviour before this field existed. A card that does not give
+the field gets ``"uint8"``; preprocessing *recorded* before the field existed (a monitor's
+binding) lacks it and means ``"float"`` (:data:`LEGACY_CARD_VALUES`, :func:`legacy_card_dict`).
 """
 
 from __future__ import annotations
@@ -27,6 +37,14 @@ PROVENANCE_METADATA_KEY = "informer_audit.provenance"
 from (tool and torch versions, architecture, checkpoint SHA-256 or random initialisation)."""
 
 CARD_FIELDS = ("class_names", "image_size", "channels", "layout", "scale", "mean", "std", "output")
+"""The fields every card must give (from metadata, a card file or overrides together)."""
+RESIZE_MODES = ("uint8", "float")
+"""Values of the card's ``resize`` field (see the module docstring)."""
+CARD_DEFAULTS: dict[str, Any] = {"resize": "uint8"}
+"""The optional card fields and the value a card that does not give one gets."""
+LEGACY_CARD_VALUES: dict[str, Any] = {"resize": "float"}
+"""What recorded preprocessing (a monitor's binding, ...) written before an optional field
+existed used in its place: the behaviour of informer-audit at the time."""
 _INFO_FIELDS = ("name", "description", "architecture", "version", "source")
 LAYOUTS = ("NCHW", "NHWC")
 OUTPUT_KINDS = ("logits", "probabilities")
@@ -36,8 +54,9 @@ OUTPUT_KINDS = ("logits", "probabilities")
 class ModelCard:
     """How to feed a classifier and read its output.
 
-    Pixels of a canonical image (8-bit scale) are divided by ``scale``, then normalised per
-    channel with ``(x - mean) / std``.
+    A canonical image (8-bit scale) is converted to ``channels`` and resized to ``image_size``
+    (in 8 bits for an 8-bit source when ``resize`` is ``"uint8"``, else in float); its pixels
+    are then divided by ``scale`` and normalised per channel with ``(x - mean) / std``.
     """
 
     class_names: tuple[str, ...]
@@ -48,6 +67,7 @@ class ModelCard:
     mean: tuple[float, ...] = field(default=(0.0,))
     std: tuple[float, ...] = field(default=(1.0,))
     output: str = "logits"
+    resize: str = "uint8"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "model card") -> ModelCard:
@@ -56,10 +76,11 @@ class ModelCard:
             raise ModelSpecError(
                 f"{source}: expected a JSON/TOML object, got {type(data).__name__}"
             )
-        unknown = sorted(set(data) - set(CARD_FIELDS) - set(_INFO_FIELDS))
+        unknown = sorted(set(data) - set(CARD_FIELDS) - set(CARD_DEFAULTS) - set(_INFO_FIELDS))
         if unknown:
             raise ModelSpecError(
-                f"{source}: unknown field(s) {unknown}; valid fields are {list(CARD_FIELDS)}"
+                f"{source}: unknown field(s) {unknown}; valid fields are "
+                f"{[*CARD_FIELDS, *CARD_DEFAULTS]}"
             )
         missing = [f for f in CARD_FIELDS if f not in data]
         if missing:
@@ -77,6 +98,8 @@ class ModelCard:
         except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
             raise ModelSpecError(f"{source}: malformed field value ({exc})") from exc
         layout, output = str(data["layout"]).upper(), str(data["output"]).lower()
+        resize = data.get("resize", CARD_DEFAULTS["resize"])
+        resize = resize.lower() if isinstance(resize, str) else resize
         problems = []
         if not names or len(set(names)) != len(names) or any(not n.strip() for n in names):
             problems.append(f"class_names must be distinct non-empty names, got {list(names)}")
@@ -88,6 +111,8 @@ class ModelCard:
             problems.append(f"layout must be one of {list(LAYOUTS)}, got {data['layout']!r}")
         if output not in OUTPUT_KINDS:
             problems.append(f"output must be one of {list(OUTPUT_KINDS)}, got {data['output']!r}")
+        if resize not in RESIZE_MODES:
+            problems.append(f"resize must be one of {list(RESIZE_MODES)}, got {data['resize']!r}")
         if not (scale > 0 and math.isfinite(scale)):
             problems.append(f"scale must be a positive number, got {scale}")
         for key, values in (("mean", mean), ("std", std)):
@@ -103,7 +128,7 @@ class ModelCard:
             mean = mean * channels
         if len(std) == 1:
             std = std * channels
-        return cls(names, size_t, channels, layout, scale, mean, std, output)
+        return cls(names, size_t, channels, layout, scale, mean, std, output, resize)
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelCard:
@@ -122,11 +147,33 @@ class ModelCard:
             "mean": list(d["mean"]),
             "std": list(d["std"]),
             "output": d["output"],
+            "resize": d["resize"],
         }
 
     def to_json(self) -> str:
         """Serialised card, as stored under :data:`CARD_METADATA_KEY`."""
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def legacy_card_dict(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
+    """Recorded card fields with the values their run used where a field did not exist yet.
+
+    A monitor's binding (its ``preprocessing``), a cache key or another record written before
+    an optional card field existed lacks it; the tool then behaved as
+    :data:`LEGACY_CARD_VALUES` says (``"resize": "float"``). Fields given are kept.
+
+    Parameters
+    ----------
+    preprocessing
+        Card fields as :meth:`ModelCard.to_dict` writes them (``class_names`` may be absent).
+
+    Returns
+    -------
+    dict
+        A copy, with the missing optional fields filled in.
+    """
+    missing = {k: v for k, v in LEGACY_CARD_VALUES.items() if k not in preprocessing}
+    return {**preprocessing, **missing}
 
 
 def _strict_int(value: Any, name: str) -> int:

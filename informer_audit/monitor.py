@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import NotFittedError
+from .numerics import logit
 
 if TYPE_CHECKING:
     from .scorers import Scorer
@@ -40,7 +41,7 @@ PREDICT_NOTHING = math.nextafter(1.0, 2.0)
 
 
 # -- prediction thresholds ----------------------------------------------------------------------
-def youden_threshold(y: NDArray[np.floating], p: NDArray[np.floating]) -> float | None:
+def youden_threshold(y: NDArray[Any], p: NDArray[np.floating]) -> float | None:
     """Youden-optimal threshold of one class.
 
     Parameters
@@ -71,6 +72,35 @@ def youden_threshold(y: NDArray[np.floating], p: NDArray[np.floating]) -> float 
     best = int(np.argmax(tps * n_neg - fps * n_pos))  # first maximum = highest threshold
     t = float(thresholds[best])
     return PREDICT_NOTHING if not math.isfinite(t) else t
+
+
+def f1_threshold(y: NDArray[np.floating], p: NDArray[np.floating]) -> float:
+    """The threshold on ``p`` whose predictions ``p >= t`` give the highest F1 on ``(y, p)``.
+
+    Candidates are the distinct values of ``p`` and :data:`PREDICT_NOTHING`; ties go to the
+    highest threshold (fewest positive predictions). With no positive label, F1 cannot be
+    above 0: predict nothing.
+    """
+    yb = np.asarray(y) > 0.5
+    pf = np.asarray(p, dtype=np.float64)
+    if not yb.any():
+        return PREDICT_NOTHING
+    order = np.argsort(-pf, kind="stable")
+    ps, ys = pf[order], yb[order]
+    tp = np.cumsum(ys)
+    fp = np.cumsum(~ys)
+    last = np.r_[ps[1:] != ps[:-1], True]  # predicting "p >= ps[i]" includes all ties of ps[i]
+    tp, fp, cut = tp[last], fp[last], ps[last]
+    fn = int(yb.sum()) - tp
+    # Compare F1 = 2TP / (2TP + FP + FN) exactly, as fractions with integer terms.
+    num, den = 2 * tp, 2 * tp + fp + fn
+    best = 0
+    for i in range(1, len(cut)):
+        if num[i] * den[best] > num[best] * den[i]:
+            best = i
+    if num[best] == 0:
+        return PREDICT_NOTHING
+    return float(cut[best])
 
 
 # -- flag thresholds ----------------------------------------------------------------------------
@@ -107,8 +137,8 @@ def threshold_grid(
 
 
 def scan_flag_thresholds(
-    y: NDArray[np.floating],
-    yhat: NDArray[np.floating],
+    y: NDArray[Any],
+    yhat: NDArray[Any],
     scores: NDArray[np.floating],
     *,
     step: float = 0.001,
@@ -166,8 +196,8 @@ def scan_flag_thresholds(
 
 
 def best_flag_threshold(
-    y: NDArray[np.floating],
-    yhat: NDArray[np.floating],
+    y: NDArray[Any],
+    yhat: NDArray[Any],
     scores: NDArray[np.floating],
     *,
     step: float = 0.001,
@@ -221,6 +251,28 @@ class ClassFit:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class ColumnRule:
+    """One class's fitted rule (:meth:`FlagMonitor.fit_column`).
+
+    Attributes
+    ----------
+    prediction_threshold, flag_threshold : float
+    state : object
+        The fitted flag-score model of the class (the learned flagger's coefficients), or None.
+    scores : ndarray, shape (N,)
+        The flag scores the flag threshold was fitted on.
+    note : str
+        What was unusual about the class (no positive labels, ...); "" otherwise.
+    """
+
+    prediction_threshold: float
+    flag_threshold: float
+    state: Any
+    scores: NDArray[np.float64]
+    note: str = ""
+
+
 def _rates(y: NDArray[np.bool_], yhat: NDArray[np.bool_]) -> tuple[float, float, float]:
     tp, fp, fn, tn = _confusion(y, yhat)
     f1 = float(f1_from_counts(tp, fp, fn))
@@ -249,6 +301,11 @@ class FlagMonitor:
     fits_ : list of ClassFit
     """
 
+    uses_probabilities: ClassVar[bool] = False
+    """The flag score depends on the probabilities (and the prediction threshold)."""
+    uses_distances: ClassVar[bool] = False
+    """The flag score reads the K x K distances between the class maps."""
+
     def __init__(
         self, method: str = "informer", direction: str = "below", grid_step: float = 0.001
     ) -> None:
@@ -268,8 +325,10 @@ class FlagMonitor:
         y: NDArray[np.floating],
         probs: NDArray[np.floating],
         class_names: Sequence[str],
+        *,
+        dist: NDArray[np.floating] | None = None,
     ) -> FlagMonitor:
-        """Fit prediction thresholds on ``probs`` and flag thresholds on ``scores``.
+        """Fit prediction thresholds on ``probs`` and flag thresholds on the flag scores.
 
         Parameters
         ----------
@@ -280,6 +339,15 @@ class FlagMonitor:
         probs : ndarray, shape (N, K)
             The model's probabilities.
         class_names : sequence of str, length K
+        dist : ndarray, shape (N, K, K), optional
+            Cosine distances between the class maps; needed by monitors whose flag score
+            reads them (:attr:`uses_distances`, the learned flagger).
+
+        Attributes set
+        --------------
+        calibration_scores_ : ndarray, shape (N, K)
+            The flag scores the flag thresholds were fitted on (for a learned flagger, its
+            out-of-fold probabilities); NaN where an image has no label for a class.
         """
         self._check_params()
         scores, y, probs = (np.asarray(a, dtype=np.float64) for a in (scores, y, probs))
@@ -288,66 +356,162 @@ class FlagMonitor:
                 f"scores, y and probs must share one (N, K) shape, got {scores.shape}, "
                 f"{y.shape}, {probs.shape}"
             )
-        k = scores.shape[1]
+        n, k = scores.shape
         if len(class_names) != k:
             raise ValueError(f"{len(class_names)} class names for {k} columns")
-        spec = _spec_of(self.method)
-        # The grid reaches the method's largest score, so that for direction "above" the
-        # threshold that flags nothing here flags nothing on images scored higher than these.
-        score_max = spec.score_range(k)[1] if spec is not None else None
+        dist = self._check_dist(dist, n, k)
         pred_t = np.empty(k)
         flag_t = np.empty(k)
-        fits = []
+        fitted = np.full((n, k), np.nan)
+        fits, states = [], []
         for j in range(k):
             keep = np.isfinite(y[:, j])
-            yj, pj, sj = y[keep, j] > 0.5, probs[keep, j], scores[keep, j]
-            note = ""
-            t = youden_threshold(yj, pj)
-            if t is None:
-                t = 0.5
-                what = "positive" if not yj.any() else "negative"
-                note = f"no {what} labels among {len(yj)}: prediction threshold 0.5"
-            yhat = pj >= t
-            tau = best_flag_threshold(
-                yj, yhat, sj, step=self.grid_step, direction=self.direction, score_max=score_max
-            )
-            flagged = self._flag_column(sj, tau)
-            audited = yhat ^ flagged
-            f1_b, sens_b, spec_b = _rates(yj, yhat)
-            f1_a, sens_a, spec_a = _rates(yj, audited)
-            if not yj.any():
-                # best_flag_threshold returned the threshold that flags nothing: TP is 0
-                # whatever is swapped, so no swap can raise F1 (0, or undefined if nothing is
-                # predicted positive either).
-                what = f"no positive labels among {len(yj)}" if len(yj) else "no labelled images"
-                f1_text = "undefined" if math.isnan(f1_b) else f"{f1_b:g}"
-                note = (
-                    f"{what}: prediction threshold 0.5; F1 {f1_text} and no swap can raise it: "
-                    "nothing flagged"
-                )
-            pred_t[j], flag_t[j] = t, tau
-            fits.append(
-                ClassFit(
-                    str(class_names[j]),
-                    int(len(yj)),
-                    int(yj.sum()),
-                    t,
-                    tau,
-                    int(flagged.sum()),
-                    f1_b,
-                    f1_a,
-                    sens_b,
-                    sens_a,
-                    spec_b,
-                    spec_a,
-                    note,
-                )
-            )
+            row = None if dist is None else dist[keep, j]
+            if row is not None:
+                row = np.delete(row, j, axis=1)  # distances to the K - 1 other classes
+            rule = self.fit_column(j, y[keep, j] > 0.5, probs[keep, j], scores[keep, j], row, k)
+            pred_t[j], flag_t[j] = rule.prediction_threshold, rule.flag_threshold
+            fitted[keep, j] = rule.scores
+            states.append(rule.state)
+            name = str(class_names[j])
+            fits.append(self._class_fit(name, y[keep, j] > 0.5, probs[keep, j], rule))
         self.class_names_ = [str(c) for c in class_names]
         self.prediction_thresholds_ = pred_t
         self.flag_thresholds_ = flag_t
+        self.states_ = states
         self.fits_ = fits
+        self.calibration_scores_ = fitted
         return self
+
+    def _check_dist(
+        self, dist: NDArray[np.floating] | None, n: int, k: int
+    ) -> NDArray[np.float64] | None:
+        if dist is None:
+            if self.uses_distances:
+                raise ValueError(
+                    f"method {self.method!r} reads the K x K distances between the class maps: "
+                    "pass dist (shape (N, K, K))"
+                )
+            return None
+        out = np.asarray(dist, dtype=np.float64)
+        if out.shape != (n, k, k):
+            raise ValueError(f"dist must have shape {(n, k, k)}, got {out.shape}")
+        return out
+
+    # -- one class ----------------------------------------------------------------------------
+    def fit_column(
+        self,
+        j: int,
+        y: NDArray[np.bool_],
+        p: NDArray[np.float64],
+        s: NDArray[np.float64],
+        dist_row: NDArray[np.float64] | None = None,
+        n_classes: int = 1,
+    ) -> ColumnRule:
+        """Fit one class: its prediction threshold, flag score model and flag threshold.
+
+        The cross-fitted estimate of :mod:`.crossfit` calls this on resampled subsets.
+
+        Parameters
+        ----------
+        j : int
+            The class's position among the audited classes.
+        y : ndarray of bool, shape (N,)
+            The class's labels (labelled images only).
+        p, s : ndarray, shape (N,)
+            Probabilities and raw scores.
+        dist_row : ndarray, shape (N, K - 1), optional
+            Row ``j`` of the distance matrix without its diagonal: the distances to the other
+            classes' maps (:attr:`uses_distances`).
+        n_classes : int
+            Audited classes (the range of a pairwise score grows with it).
+        """
+        note = ""
+        t = youden_threshold(y, p)
+        if t is None:
+            t = 0.5
+            what = "positive" if not y.any() else "negative"
+            note = f"no {what} labels among {len(y)}: prediction threshold 0.5"
+        yhat = p >= t
+        fit_scores, state = self._fit_scores(j, y, yhat, p, s, t, dist_row)
+        spec = _spec_of(self.method)
+        # The grid reaches the method's largest score, so that for direction "above" the
+        # threshold that flags nothing here flags nothing on images scored higher than these.
+        score_max = spec.score_range(n_classes)[1] if spec is not None else None
+        if score_max is not None and not math.isfinite(score_max):
+            score_max = None
+        tau = best_flag_threshold(
+            y, yhat, fit_scores, step=self.grid_step, direction=self.direction, score_max=score_max
+        )
+        if not y.any():
+            # best_flag_threshold returned the threshold that flags nothing: TP is 0 whatever
+            # is swapped, so no swap can raise F1 (0, or undefined if nothing is predicted).
+            what = f"no positive labels among {len(y)}" if len(y) else "no labelled images"
+            f1_b = _rates(y, yhat)[0]
+            f1_text = "undefined" if math.isnan(f1_b) else f"{f1_b:g}"
+            note = (
+                f"{what}: prediction threshold 0.5; F1 {f1_text} and no swap can raise it: "
+                "nothing flagged"
+            )
+        return ColumnRule(float(t), float(tau), state, fit_scores, note)
+
+    def _fit_scores(
+        self,
+        j: int,
+        y: NDArray[np.bool_],
+        yhat: NDArray[np.bool_],
+        p: NDArray[np.float64],
+        s: NDArray[np.float64],
+        t: float,
+        dist_row: NDArray[np.float64] | None,
+    ) -> tuple[NDArray[np.float64], Any]:
+        """The scores one class's flag threshold is fitted on, and the fitted score model.
+
+        The raw score itself, with no model, here; subclasses transform it (the distance to
+        the prediction threshold) or learn a model of it (the learned flagger).
+        """
+        return s, None
+
+    def column_scores(
+        self,
+        j: int,
+        p: NDArray[np.float64],
+        s: NDArray[np.float64],
+        dist_row: NDArray[np.float64] | None = None,
+        *,
+        rule: ColumnRule | None = None,
+    ) -> NDArray[np.float64]:
+        """Flag scores of class ``j`` for new images (``rule``: a :meth:`fit_column` result
+        instead of the fitted class ``j``)."""
+        return np.asarray(s, dtype=np.float64)
+
+    def _class_fit(
+        self, name: str, y: NDArray[np.bool_], p: NDArray[np.float64], rule: ColumnRule
+    ) -> ClassFit:
+        yhat = p >= rule.prediction_threshold
+        flagged = self._flag_column(rule.scores, rule.flag_threshold)
+        f1_b, sens_b, spec_b = _rates(y, yhat)
+        f1_a, sens_a, spec_a = _rates(y, yhat ^ flagged)
+        return ClassFit(
+            name,
+            int(len(y)),
+            int(y.sum()),
+            rule.prediction_threshold,
+            rule.flag_threshold,
+            int(flagged.sum()),
+            f1_b,
+            f1_a,
+            sens_b,
+            sens_a,
+            spec_b,
+            spec_a,
+            rule.note,
+        )
+
+    def cross_fit_template(self) -> FlagMonitor:
+        """An unfitted monitor with this one's settings, for refitting on parts of the data
+        (:mod:`.crossfit`)."""
+        return type(self)(self.method, self.direction, self.grid_step)
 
     def _flag_column(self, s: NDArray[np.float64], tau: float) -> NDArray[np.bool_]:
         return s < tau if self.direction == "below" else s > tau
@@ -364,25 +528,120 @@ class FlagMonitor:
         self.check_fitted()
         return np.asarray(probs, dtype=np.float64) >= self.prediction_thresholds_
 
-    def decision_function(self, scores: NDArray[np.floating]) -> NDArray[np.float64]:
-        """Signed margin to the flag threshold; positive means flagged. (N, K) -> (N, K)."""
+    def flag_scores(
+        self,
+        scores: NDArray[np.floating],
+        probs: NDArray[np.floating] | None = None,
+        dist: NDArray[np.floating] | None = None,
+    ) -> NDArray[np.float64]:
+        """The scores the flag thresholds are compared with; (N, K) -> (N, K).
+
+        The raw scores themselves for INFORMER and the baselines; the distance to the
+        prediction threshold for ``margin`` (needs ``probs``); the learned flagger's
+        probability that the prediction is wrong for ``learned`` (needs ``probs`` and ``dist``).
+        """
         self.check_fitted()
         s = np.asarray(scores, dtype=np.float64)
+        if not (self.uses_probabilities or self.uses_distances):
+            return s
+        if probs is None:
+            raise ValueError(f"method {self.method!r} flags on the probabilities: pass probs")
+        p = np.asarray(probs, dtype=np.float64)
+        if p.shape != s.shape:
+            raise ValueError(f"probs have shape {p.shape}, scores {s.shape}")
+        d = self._check_dist(dist, *s.shape) if self.uses_distances else None
+        out = np.empty_like(s)
+        for j in range(s.shape[1]):
+            row = None if d is None else np.delete(d[:, j], j, axis=1)
+            out[:, j] = self.column_scores(j, p[:, j], s[:, j], row)
+        return out
+
+    def decision_function(
+        self,
+        scores: NDArray[np.floating],
+        probs: NDArray[np.floating] | None = None,
+        dist: NDArray[np.floating] | None = None,
+    ) -> NDArray[np.float64]:
+        """Signed margin to the flag threshold; positive means flagged. (N, K) -> (N, K)."""
+        return self.margin_of(self.flag_scores(scores, probs, dist))
+
+    def margin_of(self, flag_scores: NDArray[np.floating]) -> NDArray[np.float64]:
+        """Signed margin of flag scores (:meth:`flag_scores`, a flags CSV's score columns) to
+        the flag threshold; positive means flagged."""
+        self.check_fitted()
+        s = np.asarray(flag_scores, dtype=np.float64)
         return self.flag_thresholds_ - s if self.direction == "below" else s - self.flag_thresholds_
 
-    def flag(self, scores: NDArray[np.floating]) -> NDArray[np.bool_]:
-        """Which predictions are flagged; shape (N, K) -> (N, K) bool."""
+    def flags_of(self, flag_scores: NDArray[np.floating]) -> NDArray[np.bool_]:
+        """Which flag scores (:meth:`flag_scores`, a flags CSV's score columns) are flagged."""
         self.check_fitted()
-        s = np.asarray(scores, dtype=np.float64)
+        s = np.asarray(flag_scores, dtype=np.float64)
         return s < self.flag_thresholds_ if self.direction == "below" else s > self.flag_thresholds_
 
+    def flag(
+        self,
+        scores: NDArray[np.floating],
+        probs: NDArray[np.floating] | None = None,
+        dist: NDArray[np.floating] | None = None,
+    ) -> NDArray[np.bool_]:
+        """Which predictions are flagged; shape (N, K) -> (N, K) bool."""
+        return self.flags_of(self.flag_scores(scores, probs, dist))
+
     def audit(
-        self, probs: NDArray[np.floating], scores: NDArray[np.floating]
+        self,
+        probs: NDArray[np.floating],
+        scores: NDArray[np.floating],
+        dist: NDArray[np.floating] | None = None,
     ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.bool_]]:
         """Predictions, flags and audited predictions (flagged ones swapped), each (N, K) bool."""
         yhat = self.predict(probs)
-        flags = self.flag(scores)
+        flags = self.flag(scores, probs, dist)
         return yhat, flags, yhat ^ flags
+
+
+class MarginMonitor(FlagMonitor):
+    """Flags predictions close to their decision threshold: ``|logit p_k - logit t_k|`` low.
+
+    The distance to the prediction threshold on the logit scale, a baseline that knows the
+    threshold (entropy and MSP measure the distance to 0.5, wherever ``t_k`` is). Probabilities
+    and the threshold are clipped to ``[1e-12, 1 - 1e-12]`` first (:func:`.numerics.logit`).
+    """
+
+    uses_probabilities = True
+
+    def __init__(
+        self, method: str = "margin", direction: str = "below", grid_step: float = 0.001
+    ) -> None:
+        super().__init__(method, direction, grid_step)
+
+    def _fit_scores(
+        self,
+        j: int,
+        y: NDArray[np.bool_],
+        yhat: NDArray[np.bool_],
+        p: NDArray[np.float64],
+        s: NDArray[np.float64],
+        t: float,
+        dist_row: NDArray[np.float64] | None,
+    ) -> tuple[NDArray[np.float64], Any]:
+        return threshold_margin(p, t), None
+
+    def column_scores(
+        self,
+        j: int,
+        p: NDArray[np.float64],
+        s: NDArray[np.float64],
+        dist_row: NDArray[np.float64] | None = None,
+        *,
+        rule: ColumnRule | None = None,
+    ) -> NDArray[np.float64]:
+        t = rule.prediction_threshold if rule is not None else self.prediction_thresholds_[j]
+        return threshold_margin(p, float(t))
+
+
+def threshold_margin(p: NDArray[np.floating], t: float) -> NDArray[np.float64]:
+    """``|logit p - logit t|``: how far a probability lies from its decision threshold."""
+    return np.abs(logit(np.asarray(p, dtype=np.float64)) - logit(np.asarray(t)))
 
 
 def _spec_of(name: str) -> type[Scorer] | None:
@@ -400,10 +659,14 @@ __all__ = [
     "DIRECTIONS",
     "PREDICT_NOTHING",
     "ClassFit",
+    "ColumnRule",
     "FlagMonitor",
+    "MarginMonitor",
     "best_flag_threshold",
     "f1_from_counts",
+    "f1_threshold",
     "scan_flag_thresholds",
     "threshold_grid",
+    "threshold_margin",
     "youden_threshold",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,8 +24,9 @@ from . import __version__
 from .baselines import tta_settings
 from .errors import MonitorFormatError
 from .fileio import atomic_write_text
+from .learned import FlaggerModel, LearnedMonitor
 from .monitor import DIRECTIONS, PREDICT_NOTHING, ClassFit, FlagMonitor
-from .scorers import available_scorers, scorer_class
+from .scorers import available_scorers, make_monitor, scorer_class
 
 MONITOR_FORMAT = "informer-audit-monitor"
 SCHEMA_VERSION = 1
@@ -46,36 +47,51 @@ class MonitorFile:
         Provenance of the fit (number of images, label file, failures); empty when absent.
     path : Path
         The file it was read from.
+    evidence : dict
+        What calibrate's cross-fitted estimate and information tests showed
+        (:func:`.crossfit.calibration_evidence`); empty for a file without it.
     """
 
     monitor: FlagMonitor
     binding: dict[str, Any]
     calibration: dict[str, Any]
     path: Path
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 # -- the monitor object -------------------------------------------------------------------------
 def monitor_to_dict(monitor: FlagMonitor) -> dict[str, Any]:
-    """The ``monitor`` object of a monitor file: method, direction, grid step, per-class fits."""
+    """The ``monitor`` object of a monitor file: method, direction, grid step, per-class fits.
+
+    A learned flagger's class entries add ``model``: its standardisation, coefficients,
+    intercept and strength (:class:`~.learned.FlaggerModel`), and the monitor its ``seed``.
+    """
     monitor.check_fitted()
-    return {
+    learned = isinstance(monitor, LearnedMonitor)
+    classes = []
+    for j, f in enumerate(monitor.fits_):
+        entry: dict[str, Any] = {
+            "name": f.name,
+            "prediction_threshold": float(monitor.prediction_thresholds_[j]),
+            "flag_threshold": float(monitor.flag_thresholds_[j]),
+        }
+        if learned:
+            entry["model"] = monitor.states_[j].to_dict()
+        entry["calibration"] = {
+            k: _json_float(v)
+            for k, v in asdict(f).items()
+            if k not in ("name", "prediction_threshold", "flag_threshold")
+        }
+        classes.append(entry)
+    out: dict[str, Any] = {
         "method": monitor.method,
         "direction": monitor.direction,
         "grid_step": monitor.grid_step,
-        "classes": [
-            {
-                "name": f.name,
-                "prediction_threshold": float(monitor.prediction_thresholds_[j]),
-                "flag_threshold": float(monitor.flag_thresholds_[j]),
-                "calibration": {
-                    k: _json_float(v)
-                    for k, v in asdict(f).items()
-                    if k not in ("name", "prediction_threshold", "flag_threshold")
-                },
-            }
-            for j, f in enumerate(monitor.fits_)
-        ],
     }
+    if isinstance(monitor, LearnedMonitor):
+        out["seed"] = monitor.seed
+    out["classes"] = classes
+    return out
 
 
 def monitor_from_dict(
@@ -126,11 +142,16 @@ def monitor_from_dict(
     lo, hi = spec.score_range(len(classes))
     # The fitted grid ends at the first grid value at or above the largest score
     # (threshold_grid); a millionth of a step more absorbs the float rounding of j * step.
-    top = math.ceil(round(hi / step, 9)) * step
+    top = math.ceil(round(hi / step, 9)) * step if math.isfinite(hi) else math.inf
     tau_ok = f"a number in [{lo:g}, {top:.10g}] ({method} scores lie in [{lo:g}, {hi:g}])"
     if direction == "below" and lo > 0:
         tau_ok = f"0 (flag nothing) or {tau_ok}"
-    mon = FlagMonitor(method, direction, step)
+    mon = make_monitor(method, grid_step=step)
+    learned = isinstance(mon, LearnedMonitor)
+    if isinstance(mon, LearnedMonitor):
+        chk.keys(data, at(), required=("seed",))
+        mon.seed = chk.count(data["seed"], at("seed"))
+    states: list[Any] = []
     names: list[str] = []
     pred_t, flag_t, fits = [], [], []
     for j, entry in enumerate(classes):
@@ -160,13 +181,22 @@ def monitor_from_dict(
             allow=(0.0,) if direction == "below" else (),
         )
         stats = _calibration_stats(chk, entry["calibration"], _Fields(here("calibration")))
-        chk.no_others(entry, here(), _CLASS_FIELDS)
+        if learned:
+            chk.keys(entry, here(), required=("model",))
+            try:
+                states.append(FlaggerModel.from_dict(entry["model"], len(classes) + 3))
+            except ValueError as exc:
+                chk.fail(here("model"), entry["model"], str(exc))
+        else:
+            states.append(None)
+        chk.no_others(entry, here(), (*_CLASS_FIELDS, "model") if learned else _CLASS_FIELDS)
         names.append(name)
         pred_t.append(t)
         flag_t.append(tau)
         fits.append(ClassFit(name=name, prediction_threshold=t, flag_threshold=tau, **stats))
-    chk.no_others(data, at(), _MONITOR_FIELDS)
+    chk.no_others(data, at(), (*_MONITOR_FIELDS, "seed") if learned else _MONITOR_FIELDS)
     mon.class_names_ = names
+    mon.states_ = states
     mon.prediction_thresholds_ = np.asarray(pred_t, dtype=np.float64)
     mon.flag_thresholds_ = np.asarray(flag_t, dtype=np.float64)
     mon.fits_ = fits
@@ -350,6 +380,7 @@ def save_monitor(
     monitor: FlagMonitor,
     binding: Mapping[str, Any],
     calibration: Mapping[str, Any] | None = None,
+    evidence: Mapping[str, Any] | None = None,
 ) -> None:
     """Write the monitor as JSON, atomically (temp file + rename).
 
@@ -361,8 +392,10 @@ def save_monitor(
         (``None`` for a baseline, whose binding adds ``method``: its name and settings).
     calibration
         Provenance of the fit (number of images, label file, failures).
+    evidence
+        The cross-fitted estimate and information tests (:func:`.crossfit.calibration_evidence`).
     """
-    doc = {
+    doc: dict[str, Any] = {
         "format": MONITOR_FORMAT,
         "schema_version": SCHEMA_VERSION,
         "tool_version": __version__,
@@ -370,6 +403,8 @@ def save_monitor(
         "monitor": monitor_to_dict(monitor),
         "calibration": dict(calibration or {}),
     }
+    if evidence:
+        doc["evidence"] = _json_clean(evidence)
     atomic_write_text(Path(path), json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
@@ -430,7 +465,17 @@ def load_monitor(path: str | Path) -> MonitorFile:
     chk = _Schema(str(path))
     chk.keys(doc, "", required=("format", "schema_version", "binding", "monitor"))
     chk.no_others(
-        doc, "", ("format", "schema_version", "tool_version", "binding", "monitor", "calibration")
+        doc,
+        "",
+        (
+            "format",
+            "schema_version",
+            "tool_version",
+            "binding",
+            "monitor",
+            "calibration",
+            "evidence",
+        ),
     )
     if "tool_version" in doc:
         chk.string(doc["tool_version"], "tool_version", "a version string")
@@ -444,7 +489,58 @@ def load_monitor(path: str | Path) -> MonitorFile:
             f"{path}: monitor classes {monitor.class_names_} differ from the bound audited "
             f"classes {binding['audited_classes']}"
         )
-    return MonitorFile(monitor, binding, dict(calibration or {}), path)
+    evidence = _evidence(chk, doc.get("evidence"), monitor.class_names_)
+    return MonitorFile(monitor, binding, dict(calibration or {}), path, evidence)
+
+
+def _json_clean(value: Any) -> Any:
+    """Plain JSON: NaN and infinities become null, numpy scalars Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+_EVIDENCE_PARTS = ("out_of_sample", "thresholds", "information")
+
+
+def _evidence(chk: _Schema, value: Any, classes: Sequence[str]) -> dict[str, Any]:
+    """The ``evidence`` object: settings, then one entry per class in each part.
+
+    Its numbers are shown, never used to flag, so it is checked for shape (each part lists
+    the monitor's classes in order, entries are objects of numbers, strings and nulls), not
+    for every value.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        chk.fail("evidence", value, "an object (the cross-fitted estimate) or null")
+    chk.no_others(value, "evidence", ("settings", *_EVIDENCE_PARTS))
+    if not isinstance(value.get("settings", {}), dict):
+        chk.fail("evidence.settings", value["settings"], "an object")
+    for part in _EVIDENCE_PARTS:
+        if part not in value:
+            continue
+        entries = value[part]
+        if not isinstance(entries, list):
+            chk.fail(f"evidence.{part}", entries, "an array with one object per class")
+        names = [e.get("name") if isinstance(e, dict) else None for e in entries]
+        if names != list(classes):
+            chk.fail(
+                f"evidence.{part}", names, f"one entry per monitor class, in order: {list(classes)}"
+            )
+        for i, entry in enumerate(entries):
+            for key, v in entry.items():
+                if not (v is None or isinstance(v, str | int | float)):
+                    chk.fail(
+                        f"evidence.{part}[{i}].{key}", v, "a number, a string, true/false or null"
+                    )
+    return dict(value)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

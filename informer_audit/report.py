@@ -196,7 +196,7 @@ def _select(
     unflagged = [r for r in ok if not r.flag.any()]
 
     def strength(r: FlagRow) -> tuple[int, float, int]:
-        margin = monitor.decision_function(r.score[None])[0]
+        margin = monitor.margin_of(r.score[None])[0]  # the CSV holds the flag scores
         return (-int(r.flag.sum()), -float(margin[r.flag].sum()), r.row)
 
     gallery = sorted(flagged, key=strength)[: max(0, max_gallery)]
@@ -408,6 +408,7 @@ def build_report(
         "class_names": classes,
         "has_labels": labelled is not None,
         "saliency": json.dumps(binding.get("saliency"), sort_keys=True),
+        "evidence": _evidence_view(loaded.evidence),
     }
     html = _render(page)
     _remove_stale(outdir, assets.written)
@@ -470,7 +471,53 @@ def _score_label(monitor: FlagMonitor) -> str:
         "entropy": "predictive entropy (bits)",
         "tta": "TTA spread (std of p)",
         "msp": "maximum class probability",
+        "margin": "|logit p − logit t| (distance to the prediction threshold)",
+        "learned": "P(prediction wrong), learned flagger",
     }.get(monitor.method, monitor.method)
+
+
+def _evidence_view(evidence: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The monitor's out-of-sample estimate and information tests as table rows (text)."""
+    estimates = evidence.get("out_of_sample") or []
+    if not estimates:
+        return None
+
+    def num(v: Any, signed: bool = True) -> str:
+        if not isinstance(v, int | float) or isinstance(v, bool) or v != v:
+            return "–"
+        return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+    def ci(e: Mapping[str, Any], key: str) -> str:
+        return f"{num(e.get(key))} [{num(e.get(key + '_low'))}, {num(e.get(key + '_high'))}]"
+
+    thresholds = {t.get("name"): t for t in evidence.get("thresholds") or []}
+    info = {t.get("name"): t for t in evidence.get("information") or []}
+    rows = []
+    for e in estimates:
+        t = thresholds.get(e.get("name"), {})
+        i = info.get(e.get("name"), {})
+        rows.append(
+            {
+                "name": str(e.get("name")),
+                "verdict": str(e.get("verdict")),
+                "delta_f1": ci(e, "delta_f1"),
+                "delta_sens": ci(e, "delta_sensitivity"),
+                "delta_spec": ci(e, "delta_specificity"),
+                "flag_rate": num(e.get("flag_rate"), False),
+                "threshold": f"{num(t.get('threshold'), False)} [{num(t.get('low'), False)}, "
+                f"{num(t.get('high'), False)}]",
+                "auroc": num(i.get("auroc"), False),
+                "p_value": num(i.get("p_value"), False),
+                "gain": num(i.get("cv_auroc_gain")),
+                "note": str(e.get("note") or i.get("note") or ""),
+            }
+        )
+    settings = evidence.get("settings") or {}
+    return {
+        "rows": rows,
+        "folds": settings.get("n_splits", "?"),
+        "repeats": settings.get("n_repeats", "?"),
+    }
 
 
 def _rule(monitor: FlagMonitor) -> str:

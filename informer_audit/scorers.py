@@ -23,6 +23,7 @@ from plain options (what a front end parses) or from a monitor file's binding.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +35,9 @@ from numpy.typing import NDArray
 from .baselines import entropy_score, msp_score, tta_settings, tta_spread
 from .distinctiveness import cosine_distance_matrix, distinctiveness
 from .errors import EvaluationError, LabelFormatError, MonitorMismatchError, SaliencyError
-from .monitor import FlagMonitor
-from .numerics import sigmoid
+from .learned import LearnedMonitor
+from .monitor import FlagMonitor, MarginMonitor
+from .numerics import logit, sigmoid
 from .saliency import (
     ORT_BATCH_SIZE,
     SaliencyAdapter,
@@ -141,7 +143,9 @@ class Scorer(ABC):
     needs: ClassVar[str]
     """What computing the score takes: ``"saliency"``, ``"probabilities"`` or ``"model"``."""
     score_bounds: ClassVar[tuple[float, float]]
-    """Least and greatest raw score; for a ``pairwise`` score, the bounds of one pair's term."""
+    """Least and greatest flag score (the number compared with the flag threshold: the raw
+    score, except for margin and learned); for a ``pairwise`` score, the bounds of one pair's
+    term."""
     pairwise: ClassVar[bool] = False
     """The score sums a term over the K - 1 other classes, so its range grows with K."""
     min_classes: ClassVar[int] = 1
@@ -157,6 +161,12 @@ class Scorer(ABC):
     """Name of the scores in a cache entry; ``None``: recomputed from the probabilities."""
     invalid_reason: ClassVar[str] = "the model returned non-finite scores for an augmented copy"
     """The error recorded for an image :meth:`score` marks invalid."""
+    monitor_class: ClassVar[type[FlagMonitor]] = FlagMonitor
+    """The monitor fitted on the scores: :class:`~.monitor.FlagMonitor` compares the raw score
+    with the flag threshold; a subclass flags on a fitted function of it (margin, learned)."""
+    function_of_probabilities: ClassVar[bool] = False
+    """The flag score is a function of the class probability alone (and its fitted
+    threshold): it can carry no information about errors beyond the model's confidence."""
 
     @classmethod
     def score_range(cls, n_classes: int) -> tuple[float, float]:
@@ -336,7 +346,7 @@ def make_monitor(name: str, *, grid_step: float = 0.001) -> FlagMonitor:
     distinguishes variants (the saliency adapter) belongs in the monitor file's binding.
     """
     cls = scorer_class(name)
-    return FlagMonitor(method=cls.name, direction=cls.direction, grid_step=grid_step)
+    return cls.monitor_class(method=cls.name, direction=cls.direction, grid_step=grid_step)
 
 
 # -- the built-in methods -----------------------------------------------------------------------
@@ -454,6 +464,27 @@ class InformerScorer(Scorer):
         return cls(adapter_from_settings({**settings, **given}))
 
 
+@register_scorer
+class LearnedScorer(InformerScorer):
+    """The learned flagger: a per-class logistic model of "the prediction is wrong" on the
+    class maps' distances and the model's confidence (:mod:`.learned`).
+
+    It computes what INFORMER computes (the same saliency maps, ``d`` and the K x K
+    distances: the same score-cache entries); the monitor turns them into a probability that
+    the prediction is wrong, flagged when above the threshold.
+    """
+
+    name = "learned"
+    direction = "above"
+    score_name = "pwrong"
+    score_bounds = (0.0, 1.0)
+    pairwise = False
+    monitor_class = LearnedMonitor
+
+    def settings(self) -> dict[str, Any]:
+        return {"saliency": self.adapter.settings(), "method": {"name": self.name}}
+
+
 def _adapter_params(name: str, options: ScorerOptions) -> dict[str, Any]:
     """An adapter's keyword arguments: the given ones, ``module``, and ``batch_size`` for the
     adapters that run batches through ONNX Runtime (those declaring ``--batch-size``)."""
@@ -475,6 +506,7 @@ class ProbabilityScorer(Scorer):
     needs = "probabilities"
     cache_kind = "probs"
     score_array = None
+    function_of_probabilities = True
 
     @abstractmethod
     def score_probabilities(self, probs: NDArray[np.floating]) -> Floats:
@@ -575,6 +607,23 @@ class MSPScorer(ProbabilityScorer):
     name = score_name = "msp"
     direction, score_bounds = "below", (0.5, 1.0)
     score_probabilities = staticmethod(msp_score)
+
+
+@register_scorer
+class MarginScorer(ProbabilityScorer):
+    """Distance to the decision threshold, ``|logit p_k - logit t_k|``, flagged when low.
+
+    The raw score is ``logit p_k``; the monitor (:class:`~.monitor.MarginMonitor`) subtracts
+    the fitted threshold's logit. A threshold-aware baseline: entropy and MSP measure the
+    distance to 0.5 wherever the threshold is.
+    """
+
+    name = score_name = "margin"
+    direction, score_bounds = "below", (0.0, math.inf)
+    monitor_class = MarginMonitor
+
+    def score_probabilities(self, probs: NDArray[np.floating]) -> Floats:
+        return logit(probs)
 
 
 # -- constructors for front ends ----------------------------------------------------------------
@@ -699,7 +748,9 @@ __all__ = [
     "TTA_PARAMS",
     "EntropyScorer",
     "InformerScorer",
+    "LearnedScorer",
     "MSPScorer",
+    "MarginScorer",
     "ProbabilityScorer",
     "ScoredBatch",
     "Scorer",

@@ -101,11 +101,14 @@ def test_probability_scores_refuse_bad_input(bad):
 def test_registry_directions_and_variants():
     assert {m: s.direction for m, s in METHODS.items()} == {
         "informer": "below",
+        "learned": "above",
         "entropy": "above",
         "tta": "above",
         "msp": "below",
+        "margin": "below",
     }
     assert scorer_class("informer_fd") is METHODS["informer"]
+    assert scorer_class("learned_lime") is METHODS["learned"]
     assert scorer_class("tta_t20").name == "tta"
     for bad in ("nope", "nope_x", "no_audit", ""):
         with pytest.raises(EvaluationError, match="unknown monitor method"):

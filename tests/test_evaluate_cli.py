@@ -105,10 +105,15 @@ def test_evaluate_writes_every_file_and_a_rerun_comes_from_the_cache(setup, coun
         "ttests.csv",
         "bootstrap_boxplot.png",
         "risk_coverage.png",
-        *(f"monitor_{m}.json" for m in ("informer_fd", "entropy", "tta", "msp")),
+        "paired_bootstrap.csv",
+        "information.csv",
+        *(
+            f"monitor_{m}.json"
+            for m in ("informer_fd", "learned_fd", "entropy", "tta", "msp", "margin")
+        ),
     ):
         assert (out / name).is_file(), name
-    rows = ["no_audit", "informer_fd", "entropy", "tta", "msp"]
+    rows = ["no_audit", "retuned", "informer_fd", "learned_fd", "entropy", "tta", "msp", "margin"]
     assert header(out / "table1.csv") == ["method", *CLASSES, "mean_f1"]
     assert [row["method"] for row in read_rows(out / "table1.csv")] == rows
     assert header(out / "bootstrap.csv") == ["bootstrap", "method", "mean_f1"]
@@ -140,6 +145,7 @@ def test_evaluate_a_subset_of_methods_needs_no_saliency(setup, counting):
     out = setup["out"]
     assert [row["method"] for row in read_rows(out / "table1.csv")] == [
         "no_audit",
+        "retuned",
         "msp",
         "entropy",
     ]
@@ -150,7 +156,7 @@ def test_evaluate_a_subset_of_methods_needs_no_saliency(setup, counting):
     assert not list(out.glob("*.png")) and not (out / "cache").exists()
     assert counting["explained"] == 0
     assert counting["forward"] == 24 + 20  # one forward pass per image, nothing more
-    assert len(read_rows(out / "bootstrap.csv")) == 5 * 3
+    assert len(read_rows(out / "bootstrap.csv")) == 5 * 4
     assert header(out / "ttests.csv") and len(read_rows(out / "ttests.csv")) == 0  # no informer
 
 
@@ -191,7 +197,7 @@ def test_evaluate_with_two_adapters_gives_two_informer_rows(setup):
     assert r.exit_code == 0, r.output
     out = setup["out"]
     table = [row["method"] for row in read_rows(out / "table1.csv")]
-    assert table == ["no_audit", "informer_fd", "informer_lime", "entropy"]
+    assert table == ["no_audit", "retuned", "informer_fd", "informer_lime", "entropy"]
     tests = [(t["informer"], t["baseline"]) for t in read_rows(out / "ttests.csv")]
     assert ("informer_lime", "entropy") in tests and ("informer_fd", "no_audit") in tests
     lime = json.loads((out / "monitor_informer_lime.json").read_text())["binding"]["saliency"]
@@ -409,7 +415,9 @@ def test_evaluate_on_the_shared_nih_val_split_in_two_halves(tmp_path):
     )
     assert r.exit_code == 0, r.output
     table = read_rows(tmp_path / "out" / "table1.csv")
-    assert [row["method"] for row in table] == ["no_audit", "informer_fd", "entropy", "msp"]
+    assert [row["method"] for row in table] == [
+        "no_audit", "retuned", "informer_fd", "entropy", "msp"
+    ]  # fmt: skip
     assert list(table[0])[1:6] == [
         "Atelectasis",
         "Cardiomegaly",

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from informer_audit.baselines import entropy_score, msp_score
 from informer_audit.errors import EvaluationError, ReportError
-from informer_audit.evaluation import NO_AUDIT, ScoredSet, evaluate_methods
+from informer_audit.evaluation import NO_AUDIT, RETUNED, ScoredSet, evaluate_methods
 from informer_audit.evaluation_report import REPORT_FILES, write_evaluation_report
 from informer_audit.metrics import (
     augrc,
@@ -235,13 +235,19 @@ def test_evaluate_methods_hand_computed():
     t1 = res.table1()
     assert t1.columns == ("method", "A", "mean_f1")
     got = {row[0]: row[1:] for row in t1.rows}
+    # retuned: the F1-optimal calibration threshold is 0.3 (TP 3, FP 1: F1 6/7 > 4/5 at 0.8);
+    # on the test set p >= 0.3 gives (1, 1, 1, 0): TP 2, FP 1, FN 0, F1 0.8, and two
+    # predictions differ from no_audit's.
+    assert res.retuned_thresholds[0] == 0.3
     assert got == {
         NO_AUDIT: (pytest.approx(2 / 3), pytest.approx(2 / 3)),
+        RETUNED: (pytest.approx(0.8), pytest.approx(0.8)),
         "informer_x": (1.0, 1.0),
         "entropy": (1.0, 1.0),
     }
     assert {r[0]: r[-1] for r in res.flags_table().rows} == {
         NO_AUDIT: 0,
+        RETUNED: 2,
         "informer_x": 1,
         "entropy": 1,
     }
@@ -355,10 +361,18 @@ def test_write_report_files_headers_and_reproducibility(tmp_path):
     out = tmp_path / "a"
     t1 = read_csv(out / "table1.csv")
     assert t1[0] == ["method", "A", "B", "C", "mean_f1"]
-    assert [r[0] for r in t1[1:]] == [NO_AUDIT, *res.methods]
+    assert [r[0] for r in t1[1:]] == [NO_AUDIT, RETUNED, *res.methods]
     assert float(t1[1][4]) == pytest.approx(res.test[NO_AUDIT].mean_f1, rel=1e-7)
     boot = read_csv(out / "bootstrap.csv")
-    assert boot[0] == ["bootstrap", "method", "mean_f1"] and len(boot) == 1 + 4 * 6
+    assert boot[0] == ["bootstrap", "method", "mean_f1"] and len(boot) == 1 + 4 * 7
+    paired = read_csv(out / "paired_bootstrap.csv")
+    assert paired[0] == [
+        "method", "versus", "difference", "low", "high", "p_value", "n_resamples"
+    ]  # fmt: skip
+    # every row against no_audit (6), retuned and the 2 informer rows against the best baseline
+    assert len(paired) == 1 + 6 + 3
+    info = read_csv(out / "information.csv")
+    assert len(info) == 1 + 5 * 3 and info[0][:2] == ["method", "class"]
     assert read_csv(out / "failure_metrics.csv")[0] == ["method", "class", "auroc", "aurc", "augrc"]
     fm = read_csv(out / "failure_metrics.csv")[1:]
     assert len(fm) == 5 * 4 and [r[1] for r in fm[:4]] == ["A", "B", "C", "mean"]

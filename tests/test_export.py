@@ -109,6 +109,7 @@ def test_metadata_card_and_provenance(exported):
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "output": "logits",
+        "resize": "uint8",  # the card's default, written out like every field
     }
     prov = json.loads(meta[PROVENANCE_METADATA_KEY])
     assert prov["random_init"] is True and prov["random_init_seed"] == 0

@@ -139,7 +139,9 @@ def test_scores_csv_reads_back(tmp_path: Path, method: str) -> None:
         for i in range(n)
     ]
     failures = [SimpleNamespace(key="bad.png", error="unreadable")]
-    calibration = SimpleNamespace(monitor=mon, results=results, y=y, failures=failures)
+    calibration = SimpleNamespace(
+        monitor=mon, results=results, y=y, failures=failures, flag_scores=mon.calibration_scores_
+    )
     path = tmp_path / "scores.csv"
     write_scores_csv(path, calibration, classes)  # type: ignore[arg-type]
 

@@ -95,6 +95,7 @@ def test_card_round_trips_through_to_dict_and_to_json():
         layout="NHWC",
         output="probabilities",
         image_size=[16, 24],
+        resize="float",  # to_dict writes every field, the optional resize too
     )
     card = ModelCard.from_dict(data)
     assert card.class_names == ("A", "B", "C")
@@ -105,6 +106,7 @@ def test_card_round_trips_through_to_dict_and_to_json():
     assert card.mean == (0.1, 0.2, 0.3)
     assert card.std == (0.4, 0.5, 0.6)
     assert card.output == "probabilities"
+    assert card.resize == "float"
     assert card.to_dict() == data
     assert ModelCard.from_dict(card.to_dict()) == card
     assert ModelCard.from_dict(json.loads(card.to_json())) == card

@@ -24,6 +24,7 @@ from informer_audit.baselines import entropy_score, msp_score
 from informer_audit.errors import MonitorFormatError
 from informer_audit.monitor import FlagMonitor, best_flag_threshold, scan_flag_thresholds
 from informer_audit.monitorfile import load_monitor, save_monitor
+from informer_audit.numerics import logit
 from informer_audit.scorers import available_scorers, make_monitor
 
 METHODS = available_scorers()
@@ -44,18 +45,27 @@ def fitted(method: str = "informer", seed: int = 7) -> FlagMonitor:
     n = 60
     y = rng.integers(0, 2, (n, 3)).astype(float)
     probs = np.clip(0.5 * y + rng.uniform(0, 0.6, (n, 3)), 0, 1)
+    dist = None
     if method == "informer":
         scores = rng.uniform(0, 4, (n, 3))  # d_k in [0, 2 (K - 1)] = [0, 4]
+    elif method == "learned":
+        half = np.triu(rng.uniform(0, 2, (n, 3, 3)), 1)
+        dist = half + half.transpose(0, 2, 1)
+        scores = dist.sum(axis=2)
     elif method == "tta":
         scores = rng.uniform(0, 0.5, (n, 3))
+    elif method == "margin":
+        scores = logit(probs)
     else:
         scores = entropy_score(probs) if method == "entropy" else msp_score(probs)
-    return make_monitor(method).fit(scores, y, probs, CLASSES)
+    return make_monitor(method).fit(scores, y, probs, CLASSES, dist=dist)
 
 
 def binding_of(method: str) -> dict[str, Any]:
     if method == "informer":
         return copy.deepcopy(BINDING)
+    if method == "learned":
+        return {**copy.deepcopy(BINDING), "method": {"name": "learned"}}
     settings = {"name": method, **(TTA if method == "tta" else {})}
     return {**copy.deepcopy(BINDING), "saliency": None, "method": settings}
 

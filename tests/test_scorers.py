@@ -37,20 +37,23 @@ from informer_audit.scorers import (
 
 # The binding (json.dumps, key order kept) and cache key document of each method, as the code
 # before scorers were objects wrote them for a 3-class 8 px model auditing A and C: monitor
-# files and cache entries must keep these bytes.
+# files and cache entries must keep these bytes (since the model card's optional "resize"
+# field, its default "uint8" among them).
 GOLDEN = {
     "informer_fd": (
         (
             '{"model_sha256": "<MODEL>", "class_names": ["A", "B", "C"], "audited_classes": ['
             '"A", "C"], "preprocessing": {"image_size": [8, 8], "channels": 3, "layout": "NCH'
             'W", "scale": 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "output"'
-            ': "logits"}, "saliency": {"name": "fd", "patch_size": 4, "scheme": "central", "s'
+            ': "logits", "resize": "uint8"}'
+            ', "saliency": {"name": "fd", "patch_size": 4, "scheme": "central", "s'
             'tep": 0.001}}'
         ),
         (
             '{"classes":["A","C"],"format":1,"image_sha256":"<IMAGE>","kind":"informer","mode'
             'l_sha256":"<MODEL>","preprocessing":{"channels":3,"class_names":["A","B","C"],"i'
-            'mage_size":[8,8],"layout":"NCHW","mean":[0.5,0.5,0.5],"output":"logits","scale":'
+            'mage_size":[8,8],"layout":"NCHW","mean":[0.5,0.5,0.5],"output":"logits",'
+            '"resize":"uint8","scale":'
             '255.0,"std":[0.25,0.25,0.25]},"settings":{"name":"fd","patch_size":4,"scheme":"c'
             'entral","step":0.001}}'
         ),
@@ -60,14 +63,16 @@ GOLDEN = {
             '{"model_sha256": "<MODEL>", "class_names": ["A", "B", "C"], "audited_classes": ['
             '"A", "C"], "preprocessing": {"image_size": [8, 8], "channels": 3, "layout": "NCH'
             'W", "scale": 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "output"'
-            ': "logits"}, "saliency": {"name": "lime", "fill": "mean", "kernel_size": 4.0, "k'
+            ': "logits", "resize": "uint8"}'
+            ', "saliency": {"name": "lime", "fill": "mean", "kernel_size": 4.0, "k'
             'ernel_width": 0.25, "max_dist": 200.0, "num_samples": 50, "ratio": 0.2, "seed": '
             '3, "segmentation": "quickshift", "target": "probability"}}'
         ),
         (
             '{"classes":["A","C"],"format":1,"image_sha256":"<IMAGE>","kind":"informer","mode'
             'l_sha256":"<MODEL>","preprocessing":{"channels":3,"class_names":["A","B","C"],"i'
-            'mage_size":[8,8],"layout":"NCHW","mean":[0.5,0.5,0.5],"output":"logits","scale":'
+            'mage_size":[8,8],"layout":"NCHW","mean":[0.5,0.5,0.5],"output":"logits",'
+            '"resize":"uint8","scale":'
             '255.0,"std":[0.25,0.25,0.25]},"settings":{"fill":"mean","kernel_size":4.0,"kerne'
             'l_width":0.25,"max_dist":200.0,"name":"lime","num_samples":50,"ratio":0.2,"seed"'
             ':3,"segmentation":"quickshift","target":"probability"}}'
@@ -78,12 +83,14 @@ GOLDEN = {
             '{"model_sha256": "<MODEL>", "class_names": ["A", "B", "C"], "audited_classes": ['
             '"A", "C"], "preprocessing": {"image_size": [8, 8], "channels": 3, "layout": "NCH'
             'W", "scale": 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "output"'
-            ': "logits"}, "saliency": null, "method": {"name": "entropy"}}'
+            ': "logits", "resize": "uint8"}'
+            ', "saliency": null, "method": {"name": "entropy"}}'
         ),
         (
             '{"classes":["A","C"],"format":1,"image_sha256":"<IMAGE>","kind":"probs","model_s'
             'ha256":"<MODEL>","preprocessing":{"channels":3,"class_names":["A","B","C"],"imag'
-            'e_size":[8,8],"layout":"NCHW","mean":[0.5,0.5,0.5],"output":"logits","scale":255'
+            'e_size":[8,8],"layout":"NCHW","mean":[0.5,0.5,0.5],"output":"logits",'
+            '"resize":"uint8","scale":255'
             '.0,"std":[0.25,0.25,0.25]},"settings":{}}'
         ),
     ),
@@ -92,12 +99,14 @@ GOLDEN = {
             '{"model_sha256": "<MODEL>", "class_names": ["A", "B", "C"], "audited_classes": ['
             '"A", "C"], "preprocessing": {"image_size": [8, 8], "channels": 3, "layout": "NCH'
             'W", "scale": 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "output"'
-            ': "logits"}, "saliency": null, "method": {"name": "msp"}}'
+            ': "logits", "resize": "uint8"}'
+            ', "saliency": null, "method": {"name": "msp"}}'
         ),
         (
             '{"classes":["A","C"],"format":1,"image_sha256":"<IMAGE>","kind":"probs","model_s'
             'ha256":"<MODEL>","preprocessing":{"channels":3,"class_names":["A","B","C"],"imag'
-            'e_size":[8,8],"layout":"NCHW","mean":[0.5,0.5,0.5],"output":"logits","scale":255'
+            'e_size":[8,8],"layout":"NCHW","mean":[0.5,0.5,0.5],"output":"logits",'
+            '"resize":"uint8","scale":255'
             '.0,"std":[0.25,0.25,0.25]},"settings":{}}'
         ),
     ),
@@ -106,7 +115,8 @@ GOLDEN = {
             '{"model_sha256": "<MODEL>", "class_names": ["A", "B", "C"], "audited_classes": ['
             '"A", "C"], "preprocessing": {"image_size": [8, 8], "channels": 3, "layout": "NCH'
             'W", "scale": 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "output"'
-            ': "logits"}, "saliency": null, "method": {"name": "tta", "copies": 4, "seed": 7,'
+            ': "logits", "resize": "uint8"}'
+            ', "saliency": null, "method": {"name": "tta", "copies": 4, "seed": 7,'
             ' "max_angle": 45.0, "blur_size": 10, "padding": 8, "composition": "rotate, box b'
             'lur, crop with padding (each copy)", "fill": "black pixel, normalised: (0 / scal'
             'e - mean) / std", "spread": "population standard deviation (ddof=0) of sigmoid(l'
@@ -116,7 +126,8 @@ GOLDEN = {
         (
             '{"classes":["A","C"],"format":1,"image_sha256":"<IMAGE>","kind":"tta","model_sha'
             '256":"<MODEL>","preprocessing":{"channels":3,"class_names":["A","B","C"],"image_'
-            'size":[8,8],"layout":"NCHW","mean":[0.5,0.5,0.5],"output":"logits","scale":255.0'
+            'size":[8,8],"layout":"NCHW","mean":[0.5,0.5,0.5],"output":"logits",'
+            '"resize":"uint8","scale":255.0'
             ',"std":[0.25,0.25,0.25]},"settings":{"blur_size":10,"composition":"rotate, box b'
             'lur, crop with padding (each copy)","copies":4,"fill":"black pixel, normalised: '
             '(0 / scale - mean) / std","max_angle":45.0,"padding":8,"rng":"numpy default_rng('
@@ -145,13 +156,17 @@ def test_registry_names_directions_and_score_names():
     got = {n: (c.direction, c.score_name) for n, c in available_scorers().items()}
     assert got == {
         "informer": ("below", "d"),
+        "learned": ("above", "pwrong"),
         "entropy": ("above", "entropy"),
         "tta": ("above", "tta"),
         "msp": ("below", "msp"),
+        "margin": ("below", "margin"),
     }
     assert scorer_class("informer_lime") is InformerScorer and scorer_class("tta_x") is TTAScorer
     assert scorer_class("informer").score_range(4) == (0.0, 6.0)
     assert scorer_class("msp").score_range(4) == (0.5, 1.0)
+    assert scorer_class("learned").score_range(4) == (0.0, 1.0)
+    assert scorer_class("margin").score_range(4) == (0.0, float("inf"))
     with pytest.raises(EvaluationError, match="unknown monitor method 'nope'"):
         scorer_class("nope")
     with pytest.raises(EvaluationError, match="without '_'"):
@@ -249,14 +264,14 @@ def test_make_monitor_flags_like_the_base_method():
 
 
 # -- a method added by registering one class (issue #10) ---------------------------------------
-class MarginScorer(ProbabilityScorer):
+class CertaintyScorer(ProbabilityScorer):
     """A toy method: ``|2 p - 1|``, flag when low; nothing else in the package knows it."""
 
-    name: ClassVar[str] = "margin"
+    name: ClassVar[str] = "certainty"
     direction: ClassVar[str] = "below"
-    score_name: ClassVar[str] = "margin"
+    score_name: ClassVar[str] = "certainty"
     score_bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
-    cache_kind: ClassVar[str] = "margin"
+    cache_kind: ClassVar[str] = "certainty"
 
     def score_probabilities(self, probs):
         return np.abs(2.0 * np.asarray(probs, dtype=np.float64) - 1.0)
@@ -287,7 +302,7 @@ class SpreadScorer(Scorer):
 @pytest.fixture
 def registry(monkeypatch):
     monkeypatch.setattr(scorers, "_REGISTRY", dict(scorers._REGISTRY))
-    register_scorer(MarginScorer)
+    register_scorer(CertaintyScorer)
     register_scorer(SpreadScorer)
 
 
@@ -303,9 +318,9 @@ def _labels_csv(tmp_path, n=8):
     return csv_path, tmp_path / "imgs"
 
 
-@pytest.mark.parametrize("method", ["margin", "spread"])
+@pytest.mark.parametrize("method", ["certainty", "spread"])
 def test_a_registered_scorer_calibrates_flags_and_caches(tmp_path, model, registry, method):
-    assert list(available_scorers())[-2:] == ["margin", "spread"]
+    assert list(available_scorers())[-2:] == ["certainty", "spread"]
     csv_path, images = _labels_csv(tmp_path)
     labels = read_labels(csv_path, images, ["A", "C"], split="val")
     cache = ScoreCache(tmp_path / "cache")
@@ -356,14 +371,16 @@ def test_calibration_provenance_is_the_monitor_files_record(tmp_path, model):
 
 def test_evaluation_plan_defaults_and_refusals():
     rows = EvaluationPlan(seed=4).scorers()
-    assert list(rows) == ["informer_fd", "entropy", "tta", "msp"]
+    assert list(rows) == ["informer_fd", "learned_fd", "entropy", "tta", "msp", "margin"]
+    both = EvaluationPlan(["learned", "informer"], saliency=["fd", "lime"]).scorers()
+    assert list(both) == ["informer_fd", "informer_lime", "learned_fd", "learned_lime"]
     tta = rows["tta"]
     assert isinstance(tta, TTAScorer) and tta.tta["seed"] == 4 and tta.tta["copies"] == 10
     lime = EvaluationPlan(["informer"], saliency=["lime"], seed=3).scorers()["informer_lime"]
     assert isinstance(lime, InformerScorer) and lime.adapter.params()["seed"] == 3
     given = EvaluationPlan(["informer"], saliency=["lime"], saliency_params={"lime": {"seed": 9}})
     assert given.scorers()["informer_lime"].adapter.params()["seed"] == 9
-    with pytest.raises(EvaluationError, match="apply to method 'informer', which methods"):
+    with pytest.raises(EvaluationError, match="apply to methods 'informer' and 'learned'"):
         EvaluationPlan(["entropy"], saliency=["fd"]).scorers()
     with pytest.raises(EvaluationError, match="TTA parameter 'copies' applies to method 'tta'"):
         EvaluationPlan(["msp"], tta={"copies": 3}).scorers()

@@ -62,6 +62,6 @@ start=$SECONDS
 informer-audit evaluate "$model" --model-card "$card" \
     --calib-images "$data" --calib-labels "$out/val-halves.csv" --calib-split calibration \
     --test-images "$data" --test-labels "$out/val-halves.csv" --test-split evaluation \
-    --methods informer,entropy,tta,msp --saliency "$SALIENCY" --patch-size 32 ${lime_args[@]+"${lime_args[@]}"} \
+    --methods informer,learned,entropy,tta,msp,margin --saliency "$SALIENCY" --patch-size 32 ${lime_args[@]+"${lime_args[@]}"} \
     --bootstrap 30 --seed 0 -o "$out" "$@"
 echo "evaluate took $((SECONDS - start)) s; report: $out/report.md"

@@ -38,6 +38,7 @@ def load_model(kw: dict[str, Any], fallback: dict[str, Any] | None = None, sourc
         "mean": split_list(kw.pop("mean"), float),
         "std": split_list(kw.pop("std"), float),
         "output": kw.pop("output_kind"),
+        "resize": kw.pop("resize"),
     }
     return OnnxClassifier(
         kw.pop("model"),

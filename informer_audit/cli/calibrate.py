@@ -54,6 +54,29 @@ def build_scorer(kw: dict[str, Any], model: Any) -> Any:
     help="Also write per-image scores: labels, probabilities, d (or the baseline's score) and, "
     "for informer, the K x K distance matrix.",
 )
+@click.option(
+    "--cv-folds",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Out-of-sample estimate: stratified folds of the cross-fitting (fewer for a class "
+    "with fewer positives).",
+)
+@click.option(
+    "--cv-repeats",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Out-of-sample estimate: repeats with other fold assignments; 0 skips the estimate "
+    "(the monitor is the same either way).",
+)
+@click.option(
+    "--cv-seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the folds and of the bootstrap intervals.",
+)
 @opt.method_options
 @handle_errors
 def calibrate(**kw: Any) -> None:
@@ -91,14 +114,26 @@ def calibrate(**kw: Any) -> None:
     with render.progress() as progress:
         task = progress.add_task("calibrating", total=len(labels))
         result = run_calibration(
-            auditor, labels, grid_step=kw["grid_step"], on_result=lambda _r: progress.advance(task)
+            auditor,
+            labels,
+            grid_step=kw["grid_step"],
+            on_result=lambda _r: progress.advance(task),
+            evidence_options=_evidence_options(kw),
         )
     _write(kw, result, auditor.classes)
     render.calibration(result)
+    render.evidence(result.evidence, result.monitor)
     render.failures([(f.key, str(f.error)) for f in result.failures])
     render.auditor_cache(auditor)
     render.done(f"monitor written to {kw['output']}")
     raise SystemExit(result.return_code)
+
+
+def _evidence_options(kw: dict[str, Any]) -> dict[str, Any] | None:
+    """``calibration_evidence``'s settings from --cv-*; ``None`` (no estimate) for 0 repeats."""
+    if kw["cv_repeats"] == 0:
+        return None
+    return {"n_splits": kw["cv_folds"], "n_repeats": kw["cv_repeats"], "seed": kw["cv_seed"]}
 
 
 def _write(kw: dict[str, Any], result: Any, classes: list[str]) -> None:
@@ -109,7 +144,11 @@ def _write(kw: dict[str, Any], result: Any, classes: list[str]) -> None:
 
     provenance = result.provenance
     writes = [
-        ("-o", kw["output"], lambda p: save_monitor(p, result.monitor, result.binding, provenance))
+        (
+            "-o",
+            kw["output"],
+            lambda p: save_monitor(p, result.monitor, result.binding, provenance, result.evidence),
+        )
     ]
     if kw["scores_csv"]:
         writes.append(

@@ -151,11 +151,11 @@ def _label_sets(kw: dict[str, Any], model: Any) -> dict[str, Any]:
 )
 @click.option(
     "--methods",
-    default="informer,entropy,tta,msp",
+    default="informer,learned,entropy,tta,msp,margin",
     show_default=True,
     callback=_methods_list,
-    help="Methods to fit and compare, comma-separated; informer gives one row per --saliency "
-    "adapter (informer_fd, ...).",
+    help="Methods to fit and compare, comma-separated; informer and learned give one row per "
+    "--saliency adapter (informer_fd, learned_fd, ...; learned reuses informer's maps).",
 )
 @opt.label_options
 @click.option(
@@ -164,7 +164,16 @@ def _label_sets(kw: dict[str, Any], model: Any) -> dict[str, Any]:
     type=click.IntRange(min=2),
     default=30,
     show_default=True,
-    help="Bootstrap test sets (drawn with replacement) for the box plot and the t-tests.",
+    help="Bootstrap test sets (drawn with replacement) for the box plot and the paper's t-tests.",
+)
+@click.option(
+    "--resamples",
+    "n_resamples",
+    type=click.IntRange(min=0),
+    default=10_000,
+    show_default=True,
+    help="Resamples of the paired bootstrap of differences in mean F1 (interval and p-value "
+    "of each method against no_audit and the best baseline); 0 skips it.",
 )
 @click.option(
     "--seed",
@@ -181,10 +190,11 @@ def _label_sets(kw: dict[str, Any], model: Any) -> dict[str, Any]:
 def evaluate_command(**kw: Any) -> None:
     """Fit INFORMER and the baselines on a calibration set, compare them on a test set.
 
-    Writes to OUTDIR: table1.csv (F1 after swapping per class and mean, one row per method and
-    no_audit), sensitivity.csv, specificity.csv, flags.csv, thresholds.csv, bootstrap.csv,
-    ttests.csv, failure_metrics.csv (AUROC, AURC, AUGRC), bootstrap_boxplot.png,
-    risk_coverage.png, report.md, and monitor_<method>.json files that flag can apply.
+    Writes to OUTDIR: table1.csv (F1 after swapping per class and mean, one row per method,
+    no_audit and retuned), sensitivity.csv, specificity.csv, flags.csv, thresholds.csv,
+    bootstrap.csv, ttests.csv (the paper's protocol), paired_bootstrap.csv, information.csv,
+    failure_metrics.csv (AUROC, AURC, AUGRC), bootstrap_boxplot.png, risk_coverage.png,
+    report.md, and monitor_<method>.json files that flag can apply.
     """
     from ..experiment import evaluation_cache, run_evaluation, write_evaluation
     from ..paths import write_outputs
@@ -220,6 +230,7 @@ def evaluate_command(**kw: Any) -> None:
             cache=score_cache(cache_dir),
             grid_step=kw["grid_step"],
             n_bootstrap=kw["n_bootstrap"],
+            n_resamples=kw["n_resamples"],
             seed=kw["seed"],
             on_progress=on_progress,
         )

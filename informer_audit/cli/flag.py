@@ -178,7 +178,7 @@ def flag(**kw: Any) -> None:
         )
     finally:
         progress.stop()
-    _render(kw, summary, auditor)
+    _render(kw, summary, auditor, loaded.evidence)
     raise SystemExit(max(summary.return_code, _report(kw, model, maps_dir, scratch)))
 
 
@@ -197,9 +197,9 @@ def _report(kw: dict[str, Any], model: Any, maps_dir: Path | None, scratch: Any)
             scratch.cleanup()
 
 
-def _render(kw: dict[str, Any], summary: Any, auditor: Any) -> None:
+def _render(kw: dict[str, Any], summary: Any, auditor: Any, evidence: dict[str, Any]) -> None:
     render.flag_notes(summary)
-    render.flag_summary(summary)
+    render.flag_summary(summary, evidence)
     render.failures(summary.failures)
     render.auditor_cache(auditor)
     render.done(f"flags written to {kw['output']}")

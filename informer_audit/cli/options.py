@@ -64,6 +64,12 @@ model_options = group(
         type=click.Choice(["logits", "probabilities"]),
         help="Override: what the model outputs.",
     ),
+    click.option(
+        "--resize",
+        type=click.Choice(["uint8", "float"]),
+        help="Override: uint8 (the card's default) converts and resizes 8-bit images in 8 bits "
+        "with Pillow, as PIL/torchvision training pipelines do; float: every image in float.",
+    ),
     device,
     threads,
 )

@@ -119,6 +119,12 @@ def provenance_line(prov: Any) -> str:
     )
 
 
+_RESIZE_SHOWN = {
+    "uint8": "uint8: 8-bit sources in 8 bits (Pillow bilinear), others in float",
+    "float": "float: every source in float (Pillow bilinear)",
+}
+
+
 def model_description(desc: dict[str, Any]) -> None:
     card = desc["card"]
     put, out = desc["input"], desc["output"]
@@ -132,6 +138,7 @@ def model_description(desc: dict[str, Any]) -> None:
         ("layout", card["layout"]),
         ("image size", f"{card['image_size'][0]} x {card['image_size'][1]}"),
         ("channels", str(card["channels"])),
+        ("resize", _RESIZE_SHOWN.get(card.get("resize"), str(card.get("resize")))),
         ("scale", f"pixels / {card['scale']:g}"),
         ("mean", ", ".join(f"{v:g}" for v in card["mean"])),
         ("std", ", ".join(f"{v:g}" for v in card["std"])),
@@ -183,17 +190,20 @@ def scoring_note(scorer: Any) -> str:
 
 
 def calibration(result: Any) -> None:
-    from ..scorers import scorer_class
-
     mon = result.monitor
-    rule = (
-        "INFORMER, d < τ flags"
-        if scorer_class(mon.method).has_maps
-        else f"{mon.method}, score {'<' if mon.direction == 'below' else '>'} τ flags"
-    )
+    sign = "<" if mon.direction == "below" else ">"
+    rule = f"{mon.method}, score {sign} τ flags"
+    if mon.method == "informer":
+        rule = "INFORMER, d < τ flags"
+    elif mon.method == "learned":
+        rule = "learned flagger, out-of-fold P(wrong) > τ flags"
     columns: tuple[str, ...] = ("class", "n", "pos", "pred. thr", "τ", "flags", "F1 before")
     columns += ("F1 after", "sens. before→after", "spec. before→after")
-    table = _columns(f"Calibration on {len(result.results)} images ({rule})", columns)
+    table = _columns(
+        f"In-sample: calibration on {len(result.results)} images ({rule}; measured on the "
+        "images the thresholds were fitted on)",
+        columns,
+    )
     notes = []
     for f in mon.fits_:
         table.add_row(
@@ -210,6 +220,94 @@ def calibration(result: Any) -> None:
         )
         if f.note:
             notes.append(f"{f.name}: {f.note}")
+    out = console()
+    out.print(table)
+    for text in notes:
+        out.print(f"[yellow]note[/] {escape(text)}")
+
+
+def _pm(entry: dict[str, Any], key: str) -> str:
+    """``+0.012 [-0.004, +0.030]`` from an evidence entry's value and interval."""
+
+    def num(v: Any) -> str:
+        return "–" if v is None or v != v else f"{v:+.3f}"
+
+    return (
+        f"{num(entry.get(key))} [{num(entry.get(key + '_low'))}, {num(entry.get(key + '_high'))}]"
+    )
+
+
+def evidence(ev: dict[str, Any] | None, monitor: Any) -> None:
+    """calibrate's out-of-sample table and the information table (nothing without evidence)."""
+    if not ev:
+        return
+    settings = ev.get("settings", {})
+    out = console()
+    estimates = ev.get("out_of_sample") or []
+    thresholds = {t.get("name"): t for t in ev.get("thresholds") or []}
+    columns: tuple[str, ...] = ("class", "verdict", "ΔF1 [95% CI]", "Δsens. [95% CI]")
+    columns += ("Δspec. [95% CI]", "flag rate", "pred. thr [95% CI]")
+    table = _columns(
+        "Out-of-sample: expected effect on new images (repeated stratified "
+        f"{settings.get('n_splits', '?')}-fold cross-fitting of the whole fit, "
+        f"{settings.get('n_repeats', '?')} repeats; intervals: bootstrap over images)",
+        columns,
+        left=("class", "verdict"),
+    )
+    colours = {"expected to help": "green", "expected to hurt": "red"}
+    for e in estimates:
+        t = thresholds.get(e.get("name"), {})
+        verdict = str(e.get("verdict"))
+        colour = colours.get(verdict)
+        shown = f"[{colour}]{escape(verdict)}[/]" if colour else escape(verdict)
+        stab = (
+            f"{fmt(_num(t.get('threshold')), 3)} [{fmt(_num(t.get('low')), 3)}, "
+            f"{fmt(_num(t.get('high')), 3)}]"
+        )
+        table.add_row(
+            escape(str(e.get("name"))),
+            shown,
+            _pm(e, "delta_f1"),
+            _pm(e, "delta_sensitivity"),
+            _pm(e, "delta_specificity"),
+            fmt(_num(e.get("flag_rate"))),
+            stab,
+        )
+    out.print(table)
+    for e in estimates:
+        if e.get("note"):
+            out.print(f"[yellow]note[/] {escape(str(e['name']))}: {escape(str(e['note']))}")
+    information(ev.get("information") or [], f"{monitor.method} on the calibration set")
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def information(entries: list[dict[str, Any]], what: str) -> None:
+    """Does the score rank errors, and does it add anything beyond the model's confidence?"""
+    if not entries:
+        return
+    columns: tuple[str, ...] = ("class", "n wrong", "AUROC all", "AUROC pred.+")
+    columns += ("AUROC pred.−", "LR test p", "CV AUROC gain")
+    table = _columns(
+        f"Information beyond the probability ({what}): AUROC of the score for 'prediction "
+        "wrong'; likelihood-ratio test of adding the score to a model of errors on logit p",
+        columns,
+    )
+    notes = []
+    for e in entries:
+        table.add_row(
+            escape(str(e.get("name"))),
+            f"{e.get('n_wrong', '–')}/{e.get('n', '–')}",
+            fmt(_num(e.get("auroc"))),
+            fmt(_num(e.get("auroc_pred_pos"))),
+            fmt(_num(e.get("auroc_pred_neg"))),
+            fmt(_num(e.get("p_value")), 3),
+            "–" if e.get("cv_auroc_gain") is None else f"{float(e['cv_auroc_gain']):+.3f}",
+        )
+        if e.get("note"):
+            notes.append(f"{e.get('name')}: {e['note']}")
     out = console()
     out.print(table)
     for text in notes:
@@ -241,22 +339,36 @@ def failures(items: list[tuple[str, str]]) -> None:
     _listed(items, " (see the output file)")
 
 
-def flag_summary(summary: Any) -> None:
+def flag_summary(summary: Any, evidence: dict[str, Any] | None = None) -> None:
+    """The audit's counts per class; with the monitor's evidence, calibrate's cross-fitted
+    expectation beside them (expected flag rate, expected change in F1, verdict)."""
     title = (
         f"Audit of {summary.n_images} images ({summary.n_ok} scored, {summary.n_failed} failed)"
         + (f"; {len(summary.skipped)} other file(s) skipped" if summary.skipped else "")
     )
-    columns = ("class", "predicted positive", "flagged", "flag rate", "audited positive")
-    table = _columns(title, columns)
+    columns: tuple[str, ...] = ("class", "predicted positive", "flagged", "flag rate")
+    columns += ("audited positive",)
+    expected = {e.get("name"): e for e in (evidence or {}).get("out_of_sample") or []}
+    if expected:
+        columns += ("expected flag rate", "expected ΔF1 [95% CI]", "calibrate's verdict")
+    table = _columns(title, columns, left=("class", "calibrate's verdict"))
     for j, name in enumerate(summary.classes):
         rate = summary.flagged[j] / summary.n_ok if summary.n_ok else float("nan")
-        table.add_row(
+        cells = [
             escape(name),
             str(summary.predicted[j]),
             str(summary.flagged[j]),
             fmt(rate),
             str(summary.audited[j]),
-        )
+        ]
+        if expected:
+            e = expected.get(name, {})
+            cells += [
+                fmt(_num(e.get("flag_rate"))),
+                _pm(e, "delta_f1"),
+                escape(str(e.get("verdict", "–"))),
+            ]
+        table.add_row(*cells)
     console().print(table)
     skipped(summary.skipped)
 
@@ -311,14 +423,26 @@ def evaluation(run: Any) -> None:
     out.print(table)
     if ev.ttests:
         tests = _columns(
-            f"Paired t-tests over {ev.n_bootstrap} bootstrap sets (mean F1)",
-            ("informer", "vs", "mean difference", "t", "p"),
-            left=("informer", "vs"),
+            f"The paper's protocol: paired t-tests over {ev.n_bootstrap} bootstrap sets (mean "
+            "F1; overstates significance, see the paired bootstrap)",
+            ("method", "vs", "mean difference", "t", "p"),
+            left=("method", "vs"),
         )
         for t in ev.ttests:
             p = "n/a" if t.p_value != t.p_value else f"{t.p_value:.3g} {t.stars}".strip()
             tests.add_row(t.informer, t.baseline, f"{t.mean_difference:+.4f}", fmt(t.statistic), p)
         out.print(tests)
+    if ev.paired:
+        paired = _columns(
+            f"Paired bootstrap of the difference in mean F1 ({ev.n_resamples} resamples of the "
+            "test set)",
+            ("method", "vs", "difference [95% CI]", "p"),
+            left=("method", "vs"),
+        )
+        for a, b, r in ev.paired:
+            d = {"d": r.mean_difference, "d_low": r.low, "d_high": r.high}
+            paired.add_row(escape(a), escape(b), _pm(d, "d"), fmt(r.p_value, 3))
+        out.print(paired)
 
 
 def evaluation_notes(run: Any, cache_dir: Any) -> None:
