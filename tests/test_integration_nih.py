@@ -93,3 +93,40 @@ def test_calibrate_on_val_and_flag_test(tmp_path):
         for row in rows:
             assert int(row[f"flag_{name}"]) == (float(row[f"d_{name}"]) < tau)
             assert 0 <= float(row[f"d_{name}"]) <= 8
+
+
+def test_calibrate_on_val_prints_and_stores_the_out_of_sample_estimate(tmp_path):
+    """The margin baseline (no maps: one forward pass per image) on the real val split."""
+    monitor = tmp_path / "margin.json"
+    r = CliRunner().invoke(
+        cli,
+        [
+            "calibrate", str(REF_MODEL), "--model-card", str(REF_CARD), "--images", str(NIH),
+            "--labels", str(NIH / "labels.csv"), "--split", "val", "--method", "margin",
+            "-o", str(monitor), "--device", "cpu", "--cv-repeats", "5",
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "In-sample: calibration on 140 images" in r.output
+    assert "Out-of-sample: expected effect on new images" in r.output
+    doc = json.loads(monitor.read_text())
+    estimates = doc["evidence"]["out_of_sample"]
+    assert [e["n_pos"] for e in estimates] == [20, 11, 13, 4, 21]
+    for e in estimates:
+        assert e["verdict"] in (
+            "expected to help",
+            "no evidence",
+            "expected to hurt",
+            "flags nothing",
+        )
+        assert e["n_splits"] == min(5, e["n_pos"]) and e["n_repeats"] == 5
+        if e["verdict"] != "flags nothing":
+            assert e["delta_f1_low"] <= e["delta_f1"] <= e["delta_f1_high"]
+    # Trained as 8-bit PIL bilinear resizes: the Effusion threshold is the one of that
+    # preprocessing (0.267; float resizing gives 0.228).
+    effusion = doc["monitor"]["classes"][4]["prediction_threshold"]
+    assert effusion == pytest.approx(0.2668, abs=5e-4)
+    # The margin score is a function of p: it adds nothing beyond p, by construction.
+    assert all(
+        i["cv_auroc_gain"] == 0.0 and i["p_value"] == 1.0 for i in doc["evidence"]["information"]
+    )

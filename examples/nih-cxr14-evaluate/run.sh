@@ -5,9 +5,9 @@
 # sample has one image per patient, so no patient is in both); the `test` split's labels are
 # withheld and not used. Every method is fitted on the first half and measured on the second:
 # INFORMER with finite-difference saliency (32 px patches), with LIME (250 samples instead of
-# lime's 1000, to keep the run near 5 minutes on 2 CPU cores) and with exact gradients when
-# torch is installed; predictive entropy, test-time augmentation (10 copies) and maximum class
-# probability. Outputs, and the score cache that makes a rerun take seconds, go to output/.
+# lime's 1000, to keep the run short) and with exact gradients when torch is installed; the
+# learned flagger on each of those maps; predictive entropy, test-time augmentation (10 copies),
+# maximum class probability and the distance to the threshold (margin). Outputs, and the score cache that makes a rerun take seconds, go to output/.
 #
 # Environment: SHARED (default ../shared beside the repository), PYTHON (default python3, the
 # interpreter informer-audit is installed in), SALIENCY (default fd,lime,gradient with torch,

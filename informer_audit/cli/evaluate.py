@@ -213,7 +213,9 @@ def evaluate_command(**kw: Any) -> None:
         {"MODEL": model.files, **{f"images listed in --{k}-labels": sets[k].paths for _, k in SETS}}
     )
     scorers = plan.scorers()
-    saliency = ", ".join(str(s.adapter.settings()) for s in scorers.values() if s.has_maps)
+    # learned_<adapter> rows share informer_<adapter>'s maps: name each adapter once.
+    adapters = dict.fromkeys(str(s.adapter.settings()) for s in scorers.values() if s.has_maps)
+    saliency = ", ".join(adapters)
     render.note(
         f"[bold]evaluate[/]: {len(sets['calib'])} calibration and {len(sets['test'])} test images;"
         f" methods {', '.join(methods)}"
