@@ -633,23 +633,26 @@ def _journal_settings(
     """Everything that changes a flags row; the resume journal is bound to it.
 
     The column layout, the binding (model SHA-256, classes, preprocessing, saliency or method
-    settings), the monitor's decision rule (method, direction, per-class thresholds) and the
-    tool version. Not included, as they do not change rows: the device, batch sizes, the score
-    cache, the monitor's calibration statistics, the images folder (rows are keyed by image
-    content) and the output file's name.
+    settings), the monitor's decision rule (method, direction, per-class thresholds, the learned
+    flagger's coefficients) and the tool version. Not included, as they do not change rows: the
+    device, batch sizes, the score cache, the monitor's calibration statistics, the images
+    folder (rows are keyed by image content) and the output file's name.
     """
     rule = monitor_to_dict(monitor)
+    decision: dict[str, Any] = {
+        "method": rule["method"],
+        "direction": rule["direction"],
+        "thresholds": [
+            [c["name"], c["prediction_threshold"], c["flag_threshold"]] for c in rule["classes"]
+        ],
+    }
+    if any("model" in c for c in rule["classes"]):  # the learned flagger's coefficients
+        decision["models"] = [c.get("model") for c in rule["classes"]]
     return {
         "tool_version": __version__,
         "columns": list(columns),
         "binding": auditor.binding(),
-        "monitor": {
-            "method": rule["method"],
-            "direction": rule["direction"],
-            "thresholds": [
-                [c["name"], c["prediction_threshold"], c["flag_threshold"]] for c in rule["classes"]
-            ],
-        },
+        "monitor": decision,
     }
 
 

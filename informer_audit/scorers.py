@@ -11,10 +11,16 @@ registering it with :func:`register_scorer` (anchor: :func:`.saliency.register_a
 method     direction    raw score                                                needs
 ========== ============ ======================================================== ==========
 informer   below        class distinctiveness ``d_k`` (:mod:`.distinctiveness`)  saliency
+learned    above        P(wrong) of a logistic model on d, the distances, p      saliency
 entropy    above        ``H_k = -p log2 p - (1 - p) log2 (1 - p)``, in [0, 1]    probs
 tta        above        std of ``p_k`` over T augmented copies, in [0, 0.5]      model
 msp        below        ``max(p_k, 1 - p_k)``, in [0.5, 1] *(ours)*              probs
+margin     below        ``|logit p_k - logit t_k|``, in [0, inf) *(ours)*        probs
 ========== ============ ======================================================== ==========
+
+``learned`` and ``margin`` flag on a fitted function of the raw score (their
+:attr:`Scorer.monitor_class`: :class:`~.learned.LearnedMonitor`,
+:class:`~.monitor.MarginMonitor`); the others compare the raw score itself with the threshold.
 
 The score functions themselves live in :mod:`.baselines` (entropy, MSP, TTA spread) and
 :mod:`.distinctiveness`. :func:`build_scorer` and :func:`scorer_from_binding` build a scorer
