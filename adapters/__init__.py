@@ -9,5 +9,6 @@ from __future__ import annotations
 from .fd import FiniteDifferenceIxG
 from .gradient import ExactGradientIxG
 from .lime import LimeSaliency
+from .lrp import LayerwiseRelevance
 
-__all__ = ["ExactGradientIxG", "FiniteDifferenceIxG", "LimeSaliency"]
+__all__ = ["ExactGradientIxG", "FiniteDifferenceIxG", "LayerwiseRelevance", "LimeSaliency"]

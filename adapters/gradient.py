@@ -10,10 +10,15 @@ Cost per batch: one forward pass and K backward passes that reuse its graph (``r
 with the module's parameters frozen so that the backward passes compute input gradients only.
 Before any map is returned, the torch outputs are compared with the ONNX Runtime logits of the
 same images, so a module that is not the audited model is refused rather than explained.
+
+:class:`TorchGraphAdapter` holds what every adapter that runs the audited model as a torch module
+shares (this one and :mod:`~informer_audit.adapters.lrp`): the two ways to the module, the model's
+layout and fixed batch size, logits from probabilities, and the check against ONNX Runtime.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,10 +39,44 @@ from .onnx_torch import convert_onnx, import_torch
 if TYPE_CHECKING:
     from informer_audit.model import OnnxClassifier
 
+# Not __init__ settings: the front end builds ``module`` from them
+# (:func:`informer_audit.checkpoints.torch_module_for`). Shared by the adapters that take one.
+TORCH_WEIGHTS = AdapterOption(
+    "--torch-weights",
+    "weights",
+    Path,
+    "differentiate this PyTorch checkpoint instead of converting the ONNX file "
+    "(checked to give the ONNX model's scores).",
+    init=False,
+)
+"""``--torch-weights``: the checkpoint from which the front end builds ``module``."""
+TORCH_ARCH = AdapterOption(
+    "--torch-arch",
+    "arch",
+    str,
+    "architecture of --torch-weights (default: the one the ONNX file's export provenance names).",
+    init=False,
+)
+"""``--torch-arch``: the architecture of ``--torch-weights``."""
 
-@register_adapter
-class ExactGradientIxG(SaliencyAdapter):
-    """Full-resolution Input x Gradient by automatic differentiation.
+
+def select_output(result: Any, out_index: int | None, adapter: str) -> Any:
+    """The class scores among a module's outputs: ``result[out_index]`` of a tuple or list (its
+    only element without ``out_index``), or ``result`` itself."""
+    if isinstance(result, tuple | list):
+        if out_index is None:
+            if len(result) != 1:
+                raise SaliencyError(
+                    f"{adapter}: the torch module returned {len(result)} outputs; "
+                    "say which holds the class scores with output_index"
+                )
+            out_index = 0
+        return result[out_index]
+    return result
+
+
+class TorchGraphAdapter(SaliencyAdapter):
+    """Base of the adapters that run the audited model as a torch module (not registered).
 
     Parameters
     ----------
@@ -55,36 +94,8 @@ class ExactGradientIxG(SaliencyAdapter):
         and ONNX Runtime's.
     """
 
-    name: ClassVar[str] = "gradient"
     access: ClassVar[str] = "graph"
     invariant_params: ClassVar[frozenset[str]] = frozenset({"batch_size", "tolerance"})
-    options: ClassVar[tuple[AdapterOption, ...]] = (
-        # Not __init__ settings: the front end builds ``module`` from them
-        # (:func:`informer_audit.checkpoints.torch_module_for`).
-        AdapterOption(
-            "--torch-weights",
-            "weights",
-            Path,
-            "differentiate this PyTorch checkpoint instead of converting the ONNX file "
-            "(checked to give the ONNX model's scores).",
-            init=False,
-        ),
-        AdapterOption(
-            "--torch-arch",
-            "arch",
-            str,
-            "architecture of --torch-weights (default: the one the ONNX file's export "
-            "provenance names).",
-            init=False,
-        ),
-        AdapterOption(
-            "--gradient-batch-size",
-            "batch_size",
-            int,
-            "images per torch forward pass (does not change results) [8].",
-            min=1,
-        ),
-    )
 
     def __init__(
         self,
@@ -95,15 +106,15 @@ class ExactGradientIxG(SaliencyAdapter):
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise SaliencyError(
-                f"gradient: batch_size must be a positive integer, got {batch_size!r}"
+                f"{self.name}: batch_size must be a positive integer, got {batch_size!r}"
             )
         tolerance = float(tolerance)
         if not tolerance > 0:
-            raise SaliencyError(f"gradient: tolerance must be positive, got {tolerance!r}")
+            raise SaliencyError(f"{self.name}: tolerance must be positive, got {tolerance!r}")
         self._torch = import_torch()  # refuse at once, not after the first image is loaded
         if module is not None and not isinstance(module, self._torch.nn.Module):
             raise SaliencyError(
-                f"gradient: module must be a torch.nn.Module, got {type(module).__name__}"
+                f"{self.name}: module must be a torch.nn.Module, got {type(module).__name__}"
             )
         self.batch_size, self.module, self.output_index = batch_size, module, output_index
         self.tolerance = tolerance
@@ -111,7 +122,7 @@ class ExactGradientIxG(SaliencyAdapter):
         self._converted: dict[str, tuple[Any, int]] = {}  # model sha256 -> (module, output)
 
     def forward_passes(self, height: int, width: int) -> int:
-        """Forward passes per image (plus one backward pass per class)."""
+        """Forward passes per image (plus the backward work of each adapter)."""
         return 1
 
     def _net(self, model: OnnxClassifier) -> tuple[Any, int | None]:
@@ -129,6 +140,94 @@ class ExactGradientIxG(SaliencyAdapter):
             self._converted[model.sha256] = (net, -1 if index is None else index)
         net, index = self._converted[model.sha256]
         return net, None if index < 0 else index
+
+    @staticmethod
+    def _model_input(xb: Any, model: OnnxClassifier) -> Any:
+        """A NCHW batch in the model's layout."""
+        return xb.permute(0, 2, 3, 1) if model.card.layout == "NHWC" else xb
+
+    @staticmethod
+    def _model_batches(model: OnnxClassifier, m: int) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` of the runs of ``m`` rows: all at once, or the model's fixed batch."""
+        step = model.fixed_batch or max(m, 1)
+        for start in range(0, m, step):
+            yield start, min(start + step, m)
+
+    def _padded(self, chunk: Any, model: OnnxClassifier) -> Any:
+        """``chunk`` padded to the model's fixed batch size with copies of its first row (which
+        get no gradient); unchanged for a model with a dynamic batch."""
+        fixed = model.fixed_batch
+        if fixed is None or chunk.shape[0] >= fixed:
+            return chunk
+        pad = chunk[:1].detach().expand(fixed - chunk.shape[0], *chunk.shape[1:])
+        return self._torch.cat([chunk, pad])
+
+    def _logits(self, out: Any, model: OnnxClassifier, m: int, k: int) -> Any:
+        """The module's class scores ``out`` (m, K) as logits (probabilities mapped back)."""
+        if out.ndim != 2 or tuple(out.shape) != (m, k):
+            raise SaliencyError(
+                f"{self.name}: the torch module returned shape {tuple(out.shape)}, "
+                f"expected ({m}, {k})"
+            )
+        out = out.float()
+        if model.card.output == "probabilities":
+            p = out.clamp(PROB_EPS, 1.0 - PROB_EPS)
+            out = self._torch.log(p) - self._torch.log1p(-p)
+        return out
+
+    def _output(self, result: Any, out_index: int | None) -> Any:
+        return select_output(result, out_index, self.name)
+
+    def _inputs(
+        self, model: OnnxClassifier, x: NDArray[np.float32], logits: NDArray[np.float64] | None
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64], Any, int | None]:
+        """What :meth:`explain` starts from: the input as contiguous float32, ONNX Runtime's
+        logits (computed when not given), the torch module and its score output."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        reference = np.asarray(logits if logits is not None else model.logits(x), np.float64)
+        return (x, reference, *self._net(model))
+
+    def _check(
+        self, z: NDArray[np.float64], reference: NDArray[np.float64], model: OnnxClassifier
+    ) -> None:
+        finite = np.isfinite(reference).all(axis=1)
+        err = np.abs(z[finite] - reference[finite]) / (1.0 + np.abs(reference[finite]))
+        worst = float(err.max()) if err.size else 0.0
+        if not worst <= self.tolerance:  # also catches NaN
+            source = "the given torch module" if self.module is not None else "the converted graph"
+            raise SaliencyError(
+                f"{self.name}: {source} does not compute the same scores as {model.path}: "
+                f"relative logit difference {worst:.3g} > tolerance {self.tolerance:g}. "
+                "The maps would explain another model."
+            )
+
+
+@register_adapter
+class ExactGradientIxG(TorchGraphAdapter):
+    """Full-resolution Input x Gradient by automatic differentiation.
+
+    Parameters
+    ----------
+    batch_size, module, output_index, tolerance
+        See :class:`TorchGraphAdapter`.
+    """
+
+    name: ClassVar[str] = "gradient"
+    options: ClassVar[tuple[AdapterOption, ...]] = (
+        TORCH_WEIGHTS,
+        TORCH_ARCH,
+        AdapterOption(
+            "--gradient-batch-size",
+            "batch_size",
+            int,
+            "images per torch forward pass (does not change results) [8].",
+            min=1,
+        ),
+    )
+
+    def forward_passes(self, height: int, width: int) -> int:
+        """Forward passes per image (plus one backward pass per class)."""
+        return 1
 
     def explain(
         self,
@@ -152,11 +251,8 @@ class ExactGradientIxG(SaliencyAdapter):
         ndarray, shape (N, K, C, H, W), float64
         """
         torch = self._torch
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        n = x.shape[0]
-        k = len(model.card.class_names)
-        reference = np.asarray(logits if logits is not None else model.logits(x), np.float64)
-        net, out_index = self._net(model)
+        x, reference, net, out_index = self._inputs(model, x, logits)
+        n, k = x.shape[0], len(model.card.class_names)
         maps = np.empty((n, k, *x.shape[1:]), dtype=np.float64)
         frozen = [p for p in net.parameters() if p.requires_grad]
         for p in frozen:  # input gradients only; restored for a module the caller owns
@@ -182,54 +278,10 @@ class ExactGradientIxG(SaliencyAdapter):
         self, net: Any, out_index: int | None, xb: Any, model: OnnxClassifier, k: int
     ) -> Any:
         """Logits (m, K) of a NCHW batch, through the module in the model's layout and batch."""
-        torch = self._torch
-        m = xb.shape[0]
-        inp = xb.permute(0, 2, 3, 1) if model.card.layout == "NHWC" else xb
-        fixed = model.fixed_batch
-        if fixed is not None:  # run full fixed-size batches; padded rows get no gradient
-            parts = []
-            for s in range(0, m, fixed):
-                chunk = inp[s : s + fixed]
-                if chunk.shape[0] < fixed:
-                    pad = chunk[:1].detach().expand(fixed - chunk.shape[0], *chunk.shape[1:])
-                    chunk = torch.cat([chunk, pad])
-                parts.append(self._output(net(chunk), out_index)[: min(fixed, m - s)])
-            out = torch.cat(parts)
-        else:
-            out = self._output(net(inp), out_index)
-        if out.ndim != 2 or tuple(out.shape) != (m, k):
-            raise SaliencyError(
-                f"gradient: the torch module returned shape {tuple(out.shape)}, expected ({m}, {k})"
-            )
-        out = out.float()
-        if model.card.output == "probabilities":
-            p = out.clamp(PROB_EPS, 1.0 - PROB_EPS)
-            out = torch.log(p) - torch.log1p(-p)
-        return out
-
-    @staticmethod
-    def _output(result: Any, out_index: int | None) -> Any:
-        if isinstance(result, tuple | list):
-            if out_index is None:
-                if len(result) != 1:
-                    raise SaliencyError(
-                        f"gradient: the torch module returned {len(result)} outputs; "
-                        "say which holds the class scores with output_index"
-                    )
-                out_index = 0
-            return result[out_index]
-        return result
-
-    def _check(
-        self, z: NDArray[np.float64], reference: NDArray[np.float64], model: OnnxClassifier
-    ) -> None:
-        finite = np.isfinite(reference).all(axis=1)
-        err = np.abs(z[finite] - reference[finite]) / (1.0 + np.abs(reference[finite]))
-        worst = float(err.max()) if err.size else 0.0
-        if not worst <= self.tolerance:  # also catches NaN
-            source = "the given torch module" if self.module is not None else "the converted graph"
-            raise SaliencyError(
-                f"gradient: {source} does not compute the same scores as {model.path}: "
-                f"relative logit difference {worst:.3g} > tolerance {self.tolerance:g}. "
-                "The maps would explain another model."
-            )
+        inp = self._model_input(xb, model)
+        parts = [  # full fixed-size batches; padded rows are dropped and get no gradient
+            self._output(net(self._padded(inp[s:e], model)), out_index)[: e - s]
+            for s, e in self._model_batches(model, inp.shape[0])
+        ]
+        out = parts[0] if len(parts) == 1 else self._torch.cat(parts)
+        return self._logits(out, model, xb.shape[0], k)

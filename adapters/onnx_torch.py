@@ -25,6 +25,7 @@ import importlib
 import logging
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,33 +87,61 @@ def _torchvision_placeholder() -> dict[str, types.ModuleType]:
     return {"torchvision": root, "torchvision.ops": ops}
 
 
-def import_onnx2torch() -> Any:
-    """``import onnx2torch``, working around a missing or broken torchvision (see module doc)."""
+def import_beside_torchvision(
+    package: str,
+    placeholder: Callable[[], dict[str, types.ModuleType]],
+    missing: str,
+    lost: str,
+) -> Any:
+    """``import package``, for a package whose import imports torchvision but that works without.
+
+    When torchvision is missing or broken (see the module doc), the half-imported modules are
+    forgotten, ``package`` is imported with the ``placeholder`` modules in ``sys.modules``, and the
+    placeholder is removed again so that nobody else mistakes it for torchvision.
+
+    Parameters
+    ----------
+    package : str
+        The package to import (``"onnx2torch"``, ``"zennit"``).
+    placeholder : callable
+        Returns the placeholder modules by name (``"torchvision"``, ``"torchvision.ops"``, ...).
+    missing : str
+        The :class:`SaliencyError` message when ``package`` itself is not installed; ``{exc}``
+        in it is replaced by the import error.
+    lost : str
+        What does not work without torchvision, for the log.
+    """
     import_torch()
     try:
-        return importlib.import_module("onnx2torch")
+        return importlib.import_module(package)
     except ModuleNotFoundError as exc:
         if exc.name != "torchvision":
-            raise SaliencyError(
-                f"converting an ONNX model for exact gradients needs onnx2torch, which is not "
-                f"installed ({exc}); install it with: {INSTALL_HINT}"
-            ) from exc
+            raise SaliencyError(missing.format(exc=exc)) from exc
         reason = "torchvision is not installed"
     except Exception as exc:  # a torchvision built for another torch raises RuntimeError
         reason = f"torchvision does not import ({type(exc).__name__}: {exc})"
-    # Forget the half-imported packages, import onnx2torch against the placeholder, then
-    # remove the placeholder so that nobody else mistakes it for torchvision.
-    for name in [m for m in sys.modules if m.split(".")[0] in ("onnx2torch", "torchvision")]:
+    for name in [m for m in sys.modules if m.split(".")[0] in (package, "torchvision")]:
         del sys.modules[name]
-    placeholder = _torchvision_placeholder()
-    sys.modules.update(placeholder)
+    modules = placeholder()
+    sys.modules.update(modules)
     try:
-        module = importlib.import_module("onnx2torch")
+        module = importlib.import_module(package)
     finally:
-        for name in placeholder:
+        for name in modules:
             sys.modules.pop(name, None)
-    logger.info("imported onnx2torch without torchvision (%s); NMS/RoiAlign unavailable", reason)
+    logger.info("imported %s without torchvision (%s); %s", package, reason, lost)
     return module
+
+
+def import_onnx2torch() -> Any:
+    """``import onnx2torch``, working around a missing or broken torchvision (see module doc)."""
+    return import_beside_torchvision(
+        "onnx2torch",
+        _torchvision_placeholder,
+        "converting an ONNX model for exact gradients needs onnx2torch, which is not "
+        f"installed ({{exc}}); install it with: {INSTALL_HINT}",
+        "NMS/RoiAlign unavailable",
+    )
 
 
 # -- graph preparation ---------------------------------------------------------------------------

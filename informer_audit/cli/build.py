@@ -125,13 +125,23 @@ def pop_tta(kw: dict[str, Any], method_uses_tta: bool) -> dict[str, Any]:
 
 
 def torch_module(model: Any, extra: dict[str, Any], adapter: str) -> Any:
-    """The gradient adapter's torch module from --torch-weights/--torch-arch, or None."""
+    """The torch module of a white-box adapter (gradient, lrp: those taking ``module``) from
+    --torch-weights/--torch-arch, or None."""
+    import inspect
+
+    from ..saliency import available_adapters
+
     weights, arch = extra.get("weights"), extra.get("arch")
     if weights is None and arch is None:
         return None
-    if adapter != "gradient":
+    white_box = [
+        name
+        for name, cls in available_adapters().items()
+        if "module" in inspect.signature(cls.__init__).parameters
+    ]
+    if adapter not in white_box:
         raise click.UsageError(
-            f"--torch-weights/--torch-arch apply to --saliency gradient, not {adapter}"
+            f"--torch-weights/--torch-arch apply to --saliency {'|'.join(white_box)}, not {adapter}"
         )
     if weights is None:
         raise click.UsageError("--torch-arch needs --torch-weights")
