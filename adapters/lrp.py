@@ -52,7 +52,7 @@ Cost: for every batch, one forward pass that also evaluates each rule's modified
 extra pass per linear layer), then one backward sweep that carries the relevance of all K classes
 at once (``torch.vmap``): 1.6x the ``gradient`` adapter on the reference model
 (``benchmarks/lrp_cost.py``). zennit's hooks, by contrast, rerun the modified forward pass and
-the unmodified backward pass for every class (3.8x the ``gradient`` adapter there, without
+the unmodified backward pass for every class (3.6-3.8x the ``gradient`` adapter there, without
 canonization). zennit is not needed here; the tests compare with it where it is installed
 (:func:`import_zennit`).
 
