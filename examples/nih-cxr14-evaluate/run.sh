@@ -5,12 +5,12 @@
 # sample has one image per patient, so no patient is in both); the `test` split's labels are
 # withheld and not used. Every method is fitted on the first half and measured on the second:
 # INFORMER with finite-difference saliency (32 px patches), with LIME (250 samples instead of
-# lime's 1000, to keep the run short) and with exact gradients when torch is installed; the
+# lime's 1000, to keep the run short) and with exact gradients and LRP when torch is installed; the
 # learned flagger on each of those maps; predictive entropy, test-time augmentation (10 copies),
 # maximum class probability and the distance to the threshold (margin). Outputs, and the score cache that makes a rerun take seconds, go to output/.
 #
 # Environment: SHARED (default ../shared beside the repository), PYTHON (default python3, the
-# interpreter informer-audit is installed in), SALIENCY (default fd,lime,gradient with torch,
+# interpreter informer-audit is installed in), SALIENCY (default fd,lime,gradient,lrp with torch,
 # fd,lime without; e.g. SALIENCY=fd for a 1-minute run). Extra arguments go to
 # `informer-audit evaluate`, e.g. `bash run.sh --bootstrap 100`.
 set -euo pipefail
@@ -52,7 +52,7 @@ PY
 
 # 2. Saliency adapters: exact gradients need torch (pip install "informer-audit[torch]").
 if [ -z "${SALIENCY:-}" ]; then
-    if "$py" -c "import torch" 2>/dev/null; then SALIENCY=fd,lime,gradient; else SALIENCY=fd,lime; fi
+    if "$py" -c "import torch" 2>/dev/null; then SALIENCY=fd,lime,gradient,lrp; else SALIENCY=fd,lime; fi
 fi
 lime_args=()
 case ",$SALIENCY," in *,lime,*) lime_args=(--lime-samples 250) ;; esac
