@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from informer_audit.batchsize import batch_size_for
 from informer_audit.errors import MeaninglessSettingWarning, SaliencyError
 from informer_audit.saliency import (
     ORT_BATCH_SIZE,
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 SCHEMES = ("central", "forward")
 DEFAULT_STEP = 1e-3
+FALLBACK_BATCH_SIZE = 32
+"""Batch size for a model that is not an ONNX Runtime classifier, when none is given."""
 MIN_PATCHES = 4
 """Fewer patches than this: each class map has so few entries that the cosine distances
 between them take few distinct values (one patch: every map is a number, d_kl is 0 or 2)."""
@@ -75,8 +78,11 @@ class FiniteDifferenceIxG(SaliencyAdapter):
         under-represents, so check the maps of a real model against exact gradients.
     scheme : {"central", "forward"}
         Central differences (2P passes, error O(h^2)) or forward (P + 1 passes, O(h)).
-    batch_size : int
-        Perturbed images per session run; does not change the maps.
+    batch_size : int, optional
+        Perturbed images per session run; does not change the maps. ``None`` (the default):
+        chosen for the machine and model at the first :meth:`explain`
+        (:func:`~informer_audit.batchsize.batch_size_for`: a short probe, cached; 32 for a
+        model that is not an :class:`~informer_audit.model.OnnxClassifier`).
     """
 
     name: ClassVar[str] = "fd"
@@ -93,7 +99,7 @@ class FiniteDifferenceIxG(SaliencyAdapter):
         patch_size: int = 16,
         step: float | None = None,
         scheme: str = "central",
-        batch_size: int = 32,
+        batch_size: int | None = None,
     ) -> None:
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
             raise SaliencyError(f"fd: patch_size must be a positive integer, got {patch_size!r}")
@@ -105,8 +111,13 @@ class FiniteDifferenceIxG(SaliencyAdapter):
             raise SaliencyError(f"fd: step must lie in (0, 0.5), got {step!r}")
         if scheme not in SCHEMES:
             raise SaliencyError(f"fd: scheme must be one of {list(SCHEMES)}, got {scheme!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise SaliencyError(f"fd: batch_size must be a positive integer, got {batch_size!r}")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise SaliencyError(
+                f"fd: batch_size must be a positive integer (or None: chosen for the machine), "
+                f"got {batch_size!r}"
+            )
         self.patch_size, self.step, self.scheme, self.batch_size = (
             patch_size,
             step,
@@ -229,7 +240,8 @@ class FiniteDifferenceIxG(SaliencyAdapter):
         base = None
         if not central:
             base = np.asarray(logits if logits is not None else model.logits(x), dtype=np.float64)
-        batch = min(self.batch_size, total) if total else 0
+        size = self.batch_size or batch_size_for(model, FALLBACK_BATCH_SIZE)
+        batch = min(size, total) if total else 0
         buf = np.empty((batch, *x.shape[1:]), dtype=np.float32)
         # What each buffer row holds now: the image index and the perturbed patch (or -1), so
         # that refilling a row for the next patch of the same image restores one patch only.

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from informer_audit.batchsize import batch_size_for
 from informer_audit.errors import MeaninglessSettingWarning, SaliencyError
 from informer_audit.saliency import (
     ORT_BATCH_SIZE,
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
     from informer_audit.model import OnnxClassifier
 
 SEGMENTATIONS = ("quickshift", "slic")
+FALLBACK_BATCH_SIZE = 64
+"""Batch size for a model that is not an ONNX Runtime classifier, when none is given."""
 MIN_SAMPLES = 100
 """Below this many samples a warning: the smallest N of the convergence table (LimeSaliency),
 where d already moves by up to 0.26 against a 4000-sample reference."""
@@ -243,8 +246,11 @@ class LimeSaliency(SaliencyAdapter):
         what lime computes.
     seed : int
         Seed of the per-image random streams (with a hash of each image's content).
-    batch_size : int
+    batch_size : int, optional
         Perturbed images per session run; batches span images. Does not change the maps.
+        ``None`` (the default): chosen for the machine and model at the first :meth:`explain`
+        (:func:`~informer_audit.batchsize.batch_size_for`: a short probe, cached; 64 for a
+        model that is not an :class:`~informer_audit.model.OnnxClassifier`).
 
     Notes
     -----
@@ -314,7 +320,7 @@ class LimeSaliency(SaliencyAdapter):
         kernel_width: float = 0.25,
         target: str = "probability",
         seed: int = 0,
-        batch_size: int = 64,
+        batch_size: int | None = None,
     ) -> None:
         # Two samples at least: the image itself and one perturbation.
         self.num_samples = _positive_int(num_samples, "num_samples", minimum=2)
@@ -340,7 +346,7 @@ class LimeSaliency(SaliencyAdapter):
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise SaliencyError(f"lime: seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.batch_size = None if batch_size is None else _positive_int(batch_size, "batch_size")
         self._params: dict[str, Any] = {
             "num_samples": self.num_samples,
             "segmentation": self.segmentation,
@@ -528,7 +534,8 @@ class LimeSaliency(SaliencyAdapter):
         total = int(offsets[-1])
         distinct = np.empty((total, k), dtype=np.float64)
         if total:
-            batch = min(self.batch_size, total)
+            size = self.batch_size or batch_size_for(model, FALLBACK_BATCH_SIZE)
+            batch = min(size, total)
             buf = np.empty((batch, *x.shape[1:]), dtype=np.float32)
             for start in range(0, total, batch):
                 stop = min(start + batch, total)

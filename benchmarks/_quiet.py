@@ -13,6 +13,9 @@ from typing import TypeVar
 T = TypeVar("T")
 BUSY = 0.10
 """A timed run during which other processes used more than this share of the CPUs is redone."""
+IDLE_WAIT = float(os.environ.get("BENCH_IDLE_WAIT", "90"))
+"""Longest wait for idle CPUs before a timed run, in seconds (``BENCH_IDLE_WAIT``; 0 for a
+smoke run, whose times then mean little)."""
 
 
 def _busy_seconds() -> float | None:
@@ -42,9 +45,9 @@ def timed(fn: Callable[[], T]) -> tuple[float, float, T]:
     return wall, max(0.0, others) / (wall * (os.cpu_count() or 1)), result
 
 
-def wait_until_idle(limit: float = 90.0) -> None:
+def wait_until_idle(limit: float | None = None) -> None:
     """Wait (up to ``limit`` seconds) until other processes leave the CPUs alone for 1 s."""
-    deadline = time.monotonic() + limit
+    deadline = time.monotonic() + (IDLE_WAIT if limit is None else limit)
     while time.monotonic() < deadline:
         _, share, _ = timed(lambda: time.sleep(1.0))
         if not share > BUSY:  # also stops on NaN (no /proc/stat)

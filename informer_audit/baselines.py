@@ -401,7 +401,7 @@ def tta_spread(
     blur_size: int = 10,
     padding: int = 8,
     fill: NDArray[np.floating] | Sequence[float] | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     on_progress: Progress | None = None,
 ) -> NDArray[np.float64]:
     """Test-time-augmentation spread: std of ``p_k`` over ``copies`` augmented copies.
@@ -428,9 +428,12 @@ def tta_spread(
         Crop padding in pixels.
     fill : array-like, shape (C,), optional
         Model-input value for exposed areas; default :func:`black_fill` of ``model.card``.
-    batch_size : int
+    batch_size : int, optional
         Copies per ``model.logits`` call (bounds memory; does not change the result, as each
-        image's draws depend on the image alone).
+        image's draws depend on the image alone); at least one image's copies go in each call.
+        ``None`` (the default): chosen for the machine and model
+        (:func:`~.batchsize.batch_size_for`: a short probe, cached; 32 for a model that is not
+        an :class:`~.model.OnnxClassifier`).
     on_progress : callable, optional
         Called as ``on_progress(images_done, images_total)``.
 
@@ -442,8 +445,15 @@ def tta_spread(
     tta_settings(
         copies=copies, seed=seed, max_angle=max_angle, blur_size=blur_size, padding=padding
     )
-    if not (isinstance(batch_size, int | np.integer) and batch_size >= 1):
-        raise EvaluationError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size is not None and not (
+        isinstance(batch_size, int | np.integer)
+        and not isinstance(batch_size, bool)
+        and batch_size >= 1
+    ):
+        raise EvaluationError(
+            f"batch_size must be a positive integer (or None: chosen for the machine), got "
+            f"{batch_size!r}"
+        )
     x = np.asarray(x)
     if x.ndim != 4 or x.shape[0] == 0:
         raise EvaluationError(f"x must be a non-empty (N, C, H, W) batch, got shape {x.shape}")
@@ -460,6 +470,10 @@ def tta_spread(
     from scipy.special import expit
 
     n = x.shape[0]
+    if batch_size is None:
+        from .batchsize import batch_size_for
+
+        batch_size = batch_size_for(model, 32)
     per_call = max(1, int(batch_size) // copies)
     spreads: list[NDArray[np.float64]] = []
     for start in range(0, n, per_call):
