@@ -4,6 +4,8 @@ Both files share one column layout, :class:`FlagsLayout`, defined here once::
 
     path, status, error,
     then per class C:  [label_C,] prob_C, pred_C, <score>_C, flag_C, audited_C
+    then, with an input check:  input_score, input_p, input_flag
+    then, in the flags CSV:  input_<name> per image-level input score (:mod:`.inputcheck`)
     then, optionally:  dist_A|B for every pair A < B (the upper triangle of the K x K matrix)
 
 ``<score>`` is ``d`` for INFORMER and the method's name for a baseline (``entropy``, ``tta``,
@@ -20,7 +22,7 @@ import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +31,12 @@ from numpy.typing import NDArray
 
 from .errors import FlagsFormatError, MonitorMismatchError
 from .fileio import atomic_write_text, fsync_folder
+from .inputcheck import INPUT_SCORES
 from .scorers import available_scorers, scorer_class
 
 if TYPE_CHECKING:
     from .audit import Calibration
+    from .inputcheck import InputCheck
     from .monitor import FlagMonitor
 
 LEAD = ("path", "status", "error")
@@ -40,6 +44,9 @@ LEAD = ("path", "status", "error")
 
 FIELDS = ("prob", "pred", "score", "flag", "audited")
 """The per-class fields of a flags row, in column order; ``score`` is spelled ``<score_name>``."""
+
+INPUT_CHECK_COLUMNS = ("input_score", "input_p", "input_flag")
+"""The input check's columns: the checked score, its conformal p-value, 1 when ``p <= alpha``."""
 
 
 def score_name(method: str) -> str:
@@ -70,12 +77,19 @@ class FlagsLayout:
         Whether the ``dist_A|B`` columns follow the per-class ones.
     with_labels : bool
         Whether each class starts with a ``label_C`` column (the scores CSV).
+    input_scores : tuple of str
+        The image-level input scores written as ``input_<name>`` columns
+        (:data:`~.inputcheck.INPUT_SCORES`).
+    input_check : bool
+        Whether the :data:`INPUT_CHECK_COLUMNS` follow the per-class ones.
     """
 
     classes: tuple[str, ...]
     score_name: str = "d"
     with_matrix: bool = False
     with_labels: bool = False
+    input_scores: tuple[str, ...] = ()
+    input_check: bool = False
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -98,7 +112,13 @@ class FlagsLayout:
         cols = list(LEAD)
         for c in self.classes:
             cols += [self.column(f, c) for f in self.fields]
-        return cols + (self.pairs if self.with_matrix else [])
+        return cols + self.input_columns + (self.pairs if self.with_matrix else [])
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The image-level columns: the input check's, then ``input_<name>`` per score."""
+        cols = list(INPUT_CHECK_COLUMNS) if self.input_check else []
+        return cols + [f"input_{name}" for name in self.input_scores]
 
     def index(self, field: str, j: int) -> int:
         """Position of class ``j``'s ``field`` in a row (the ``path`` cell is 0)."""
@@ -115,6 +135,8 @@ class FlagsLayout:
         *,
         labels: NDArray[np.floating] | None = None,
         dist: NDArray[np.floating] | None = None,
+        inputs: Mapping[str, float] | None = None,
+        check: tuple[float, float, bool] | None = None,
     ) -> list[str]:
         """The row of a scored image.
 
@@ -128,6 +150,10 @@ class FlagsLayout:
             0/1 labels, NaN where unlabelled (a blank cell); needed with ``with_labels``.
         dist : ndarray, shape (K, K), optional
             The cosine distances; needed with ``with_matrix``.
+        inputs : mapping of str to float, optional
+            The image's input scores by name; needed with ``input_scores``.
+        check : (float, float, bool), optional
+            The input check's score, p-value and flag; needed with ``input_check``.
         """
         row = [key, "ok", ""]
         for j in range(len(self.classes)):
@@ -143,6 +169,14 @@ class FlagsLayout:
                     raise ValueError("labels is required: this layout has label columns")
                 cells["label"] = "" if not np.isfinite(labels[j]) else str(int(labels[j]))
             row += [cells[f] for f in self.fields]
+        if self.input_check:
+            if check is None:
+                raise ValueError("check is required: this layout has the input check's columns")
+            row += [_num(check[0]), _num(check[1]), str(int(check[2]))]
+        if self.input_scores:
+            if inputs is None or any(name not in inputs for name in self.input_scores):
+                raise ValueError(f"inputs must give the input scores {list(self.input_scores)}")
+            row += [_num(inputs[name]) for name in self.input_scores]
         if self.with_matrix:
             if dist is None:
                 raise ValueError("dist is required: this layout has distance-matrix columns")
@@ -235,6 +269,12 @@ class FlagRow:
     pred, flag, audited : ndarray, shape (K,), bool
     dist : ndarray, shape (K, K), or None
         Cosine distances, when the CSV has the ``dist_A|B`` columns (``with_matrix``).
+    input_score, input_p : float
+        The input check's score and p-value (NaN for a failed row or a CSV without them).
+    input_flag : bool
+        The input check flagged the image.
+    inputs : dict of str to float
+        The ``input_<name>`` columns by name (empty for a failed row).
     """
 
     row: int
@@ -247,6 +287,10 @@ class FlagRow:
     flag: NDArray[np.bool_]
     audited: NDArray[np.bool_]
     dist: NDArray[np.float64] | None = None
+    input_score: float = math.nan
+    input_p: float = math.nan
+    input_flag: bool = False
+    inputs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -261,12 +305,18 @@ class FlagsTable:
     score_name : str
         Prefix of the score columns: ``d`` (INFORMER) or the baseline's name.
     rows : list of FlagRow, length N
+    input_check : bool
+        The CSV has the input check's columns (``input_score``, ``input_p``, ``input_flag``).
+    input_scores : tuple of str
+        The ``input_<name>`` columns it has, by name.
     """
 
     source: Path
     classes: list[str]
     score_name: str
     rows: list[FlagRow]
+    input_check: bool = False
+    input_scores: tuple[str, ...] = ()
 
     @property
     def ok_rows(self) -> list[FlagRow]:
@@ -318,7 +368,16 @@ def read_flags_csv(path: str | Path, score_name: str | None = None) -> FlagsTabl
         found = [s for s in score_names() if f"{s}_{classes[0]}" in header]
         score_name = found[0] if len(found) == 1 else "d"
     with_matrix = any(c.startswith("dist_") for c in header)
-    layout = FlagsLayout(tuple(classes), score_name, with_matrix)
+    checked = [c for c in INPUT_CHECK_COLUMNS if c in header]
+    if checked and len(checked) != len(INPUT_CHECK_COLUMNS):
+        raise FlagsFormatError(
+            f"{path}: incomplete input check columns {checked}; expected all of "
+            f"{list(INPUT_CHECK_COLUMNS)}"
+        )
+    inputs = tuple(s for s in INPUT_SCORES if f"input_{s}" in header)
+    layout = FlagsLayout(
+        tuple(classes), score_name, with_matrix, input_scores=inputs, input_check=bool(checked)
+    )
     col = {name: i for i, name in enumerate(header)}
     needed = [layout.column(f, c) for c in classes for f in FIELDS]
     absent = [c for c in needed if c not in col]
@@ -336,7 +395,7 @@ def read_flags_csv(path: str | Path, score_name: str | None = None) -> FlagsTabl
         for i, cells in enumerate(rows[1:], start=1)
         if cells  # csv yields [] for a blank line
     ]
-    return FlagsTable(path, classes, score_name, parsed)
+    return FlagsTable(path, classes, score_name, parsed, bool(checked), inputs)
 
 
 def _parse_row(
@@ -388,7 +447,13 @@ def _parse_row(
         dist = np.zeros((k, k))
         dist[np.triu_indices(k, 1)] = [number(p) for p in layout.pairs]
         dist = dist + dist.T
-    return FlagRow(row, key, True, "", probs, score, pred, flag, audited, dist)
+    extra: dict[str, Any] = {"inputs": {s: number(f"input_{s}") for s in layout.input_scores}}
+    if layout.input_check:
+        p = number("input_p")
+        if not 0.0 < p <= 1.0:
+            raise FlagsFormatError(f"{where}: input_p is {p!r}; expected a p-value in (0, 1]")
+        extra.update(input_score=number("input_score"), input_p=p, input_flag=bit("input_flag"))
+    return FlagRow(row, key, True, "", probs, score, pred, flag, audited, dist, **extra)
 
 
 # -- checking against the monitor ---------------------------------------------------------------
@@ -397,12 +462,15 @@ def check_flags_against_monitor(
     monitor: FlagMonitor,
     *,
     monitor_source: str = "monitor",
+    input_check: InputCheck | None = None,
 ) -> None:
     """Refuse a flags CSV that another monitor (classes, method or thresholds) wrote.
 
     Predictions and flags are recomputed from the CSV's probabilities and scores with the
     monitor's thresholds; values within rounding of a threshold (the CSV keeps 8 significant
-    digits) are given the benefit of the doubt.
+    digits) are given the benefit of the doubt. With ``input_check`` (the monitor file's) and a
+    CSV with its columns, each ``input_p`` is recomputed from ``input_score`` (the flags are
+    not: ``flag`` may have used another alpha).
 
     Raises
     ------
@@ -442,6 +510,19 @@ def check_flags_against_monitor(
                 f"{where}: data row {r.row} ({r.key!r}): {detail}. Was the CSV written with "
                 "another monitor?"
             )
+    if input_check is None or not table.input_check:
+        return
+    for r in table.ok_rows:
+        s = np.array([r.input_score])
+        # The score is rounded to 8 digits: either neighbour's p-value is acceptable.
+        near = s * (1 + np.array([-1e-7, 0.0, 1e-7])) + np.array([-1e-12, 0.0, 1e-12])
+        if not np.any(np.abs(input_check.p_values(near) - r.input_p) <= 1e-7):
+            p_monitor = float(input_check.p_values(s)[0])
+            raise MonitorMismatchError(
+                f"{where}: data row {r.row} ({r.key!r}): input_p is {r.input_p:.6g} but "
+                f"input_score = {r.input_score:.6g} has p = {p_monitor:.6g} against the monitor's "
+                "input check. Was the CSV written with another monitor?"
+            )
 
 
 # -- where a row's image is -----------------------------------------------------------------------
@@ -473,6 +554,7 @@ def resolve_image(key: str, csv_dir: Path, images_root: Path | None) -> Path | N
 
 __all__ = [
     "FIELDS",
+    "INPUT_CHECK_COLUMNS",
     "LEAD",
     "check_flags_against_monitor",
     "image_candidates",

@@ -24,6 +24,8 @@ from . import __version__
 from .baselines import tta_settings
 from .errors import MonitorFormatError
 from .fileio import atomic_write_text
+from .inputcheck import DIRECTIONS as INPUT_DIRECTIONS
+from .inputcheck import FITTED_DIRECTIONS, SCORE_RANGES, InputCheck, available_scores
 from .learned import FlaggerModel, LearnedMonitor
 from .monitor import DIRECTIONS, PREDICT_NOTHING, ClassFit, FlagMonitor
 from .scorers import available_scorers, make_monitor, scorer_class
@@ -50,6 +52,9 @@ class MonitorFile:
     evidence : dict
         What calibrate's cross-fitted estimate and information tests showed
         (:func:`.crossfit.calibration_evidence`); empty for a file without it.
+    input_check : InputCheck or None
+        The fitted input check (:mod:`.inputcheck`); ``None`` for a monitor fitted without
+        one (or saved before input checks existed).
     """
 
     monitor: FlagMonitor
@@ -57,6 +62,7 @@ class MonitorFile:
     calibration: dict[str, Any]
     path: Path
     evidence: dict[str, Any] = field(default_factory=dict)
+    input_check: InputCheck | None = None
 
 
 # -- the monitor object -------------------------------------------------------------------------
@@ -374,6 +380,102 @@ def _json_float(v: Any) -> Any:
     return v
 
 
+# -- the input check -----------------------------------------------------------------------------
+_INPUT_FIELDS = (
+    "score",
+    "alpha",
+    "direction",
+    "fitted_direction",
+    "direction_reason",
+    "probe",
+    "calibration_scores",
+)
+_PROBE_FIELDS = ("n_images", "n_higher", "n_lower", "n_tied", "p_value")
+
+
+def input_check_to_dict(check: InputCheck) -> dict[str, Any]:
+    """The ``input_check`` object of a monitor file: settings, direction, calibration scores."""
+    check.check_fitted()
+    return {
+        "score": check.score,
+        "alpha": float(check.alpha),
+        "direction": check.direction,
+        "fitted_direction": check.direction_,
+        "direction_reason": check.direction_reason_,
+        "probe": None if check.probe_ is None else dict(check.probe_),
+        "calibration_scores": [float(v) for v in check.calibration_scores_],
+    }
+
+
+def input_check_from_dict(
+    data: Any, method: str, source: str = "monitor", *, field: str = "input_check"
+) -> InputCheck:
+    """Rebuild a fitted :class:`~.inputcheck.InputCheck`, checking every field.
+
+    ``method`` is the monitor's: the score must be one the method computes (``distinctiveness``
+    needs saliency maps, ``tta_spread`` the TTA method).
+
+    Raises
+    ------
+    MonitorFormatError
+        A missing or unexpected field, a value of another JSON type, an unknown score or
+        direction, an alpha outside (0, 1), calibration scores that are not sorted, finite and
+        in the score's range.
+    """
+    chk = _Schema(source)
+    at = _Fields(field)
+    chk.keys(data, at(), required=_INPUT_FIELDS)
+    kind = scorer_class(method)
+    scores = available_scores(kind.has_maps, "tta" in kind.option_groups)
+    score = chk.string(data["score"], at("score"))
+    if score not in scores:
+        chk.fail(
+            at("score"), score, f"one of the input scores method {method!r} computes {list(scores)}"
+        )
+    alpha = chk.number(data["alpha"], at("alpha"), "a number in (0, 1)", 0.0, 1.0)
+    if not 0.0 < alpha < 1.0:
+        chk.fail(at("alpha"), data["alpha"], "a number in (0, 1)")
+    direction = chk.string(data["direction"], at("direction"))
+    if direction not in INPUT_DIRECTIONS:
+        chk.fail(at("direction"), direction, f"one of {list(INPUT_DIRECTIONS)}")
+    fitted = chk.string(data["fitted_direction"], at("fitted_direction"))
+    if fitted not in FITTED_DIRECTIONS or direction not in ("auto", fitted):
+        expected = list(FITTED_DIRECTIONS) if direction == "auto" else [direction]
+        chk.fail(at("fitted_direction"), fitted, f"one of {expected} (direction {direction!r})")
+    reason = chk.string(data["direction_reason"], at("direction_reason"))
+    probe = data["probe"]
+    if probe is not None:
+        chk.keys(probe, at("probe"), required=_PROBE_FIELDS)
+        pat = _Fields(at("probe"))
+        for key in _PROBE_FIELDS[:-1]:
+            chk.count(probe[key], pat(key))
+        chk.number(probe["p_value"], pat("p_value"), "a p-value in [0, 1]", 0.0, 1.0)
+        chk.no_others(probe, at("probe"), _PROBE_FIELDS)
+    values = data["calibration_scores"]
+    lo, hi = SCORE_RANGES[score]
+    shown_range = f"[{lo:g}, {hi:g}]"
+    if not isinstance(values, list) or not values:
+        chk.fail(at("calibration_scores"), values, f"a non-empty array of {score} scores")
+    cal = [
+        chk.number(v, at(f"calibration_scores[{i}]"), f"a {score} score in {shown_range}", lo, hi)
+        for i, v in enumerate(values)
+    ]
+    for i in range(1, len(cal)):
+        if cal[i] < cal[i - 1]:
+            chk.fail(
+                at(f"calibration_scores[{i}]"),
+                values[i],
+                f"a number at least calibration_scores[{i - 1}] = {cal[i - 1]!r} (sorted)",
+            )
+    chk.no_others(data, at(), _INPUT_FIELDS)
+    check = InputCheck(score, alpha, direction)
+    check.direction_ = fitted
+    check.direction_reason_ = reason
+    check.probe_ = None if probe is None else dict(probe)
+    check.calibration_scores_ = np.asarray(cal, dtype=np.float64)
+    return check
+
+
 # -- the monitor file ---------------------------------------------------------------------------
 def save_monitor(
     path: str | Path,
@@ -381,6 +483,7 @@ def save_monitor(
     binding: Mapping[str, Any],
     calibration: Mapping[str, Any] | None = None,
     evidence: Mapping[str, Any] | None = None,
+    input_check: InputCheck | None = None,
 ) -> None:
     """Write the monitor as JSON, atomically (temp file + rename).
 
@@ -394,6 +497,8 @@ def save_monitor(
         Provenance of the fit (number of images, label file, failures).
     evidence
         The cross-fitted estimate and information tests (:func:`.crossfit.calibration_evidence`).
+    input_check
+        The fitted input check (:mod:`.inputcheck`), stored as ``input_check``.
     """
     doc: dict[str, Any] = {
         "format": MONITOR_FORMAT,
@@ -405,6 +510,8 @@ def save_monitor(
     }
     if evidence:
         doc["evidence"] = _json_clean(evidence)
+    if input_check is not None:
+        doc["input_check"] = input_check_to_dict(input_check)
     atomic_write_text(Path(path), json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
@@ -475,6 +582,7 @@ def load_monitor(path: str | Path) -> MonitorFile:
             "monitor",
             "calibration",
             "evidence",
+            "input_check",
         ),
     )
     if "tool_version" in doc:
@@ -490,7 +598,10 @@ def load_monitor(path: str | Path) -> MonitorFile:
             f"classes {binding['audited_classes']}"
         )
     evidence = _evidence(chk, doc.get("evidence"), monitor.class_names_)
-    return MonitorFile(monitor, binding, dict(calibration or {}), path, evidence)
+    check = None
+    if doc.get("input_check") is not None:  # absent (or null) in files from before the check
+        check = input_check_from_dict(doc["input_check"], monitor.method, str(path))
+    return MonitorFile(monitor, binding, dict(calibration or {}), path, evidence, check)
 
 
 def _json_clean(value: Any) -> Any:
@@ -621,6 +732,8 @@ __all__ = [
     "MONITOR_FORMAT",
     "SCHEMA_VERSION",
     "MonitorFile",
+    "input_check_from_dict",
+    "input_check_to_dict",
     "load_monitor",
     "monitor_from_dict",
     "monitor_to_dict",

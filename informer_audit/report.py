@@ -55,6 +55,7 @@ from .flagsfile import (
     resolve_image,
     score_name,
 )
+from .inputcheck import SCORE_TEXT, InputCheck
 from .labels import LabelSet
 from .mapstore import MapStore
 from .metrics import SwapMetrics, swap_metrics
@@ -99,6 +100,10 @@ class ReportSummary:
         Scored images with at least one flagged class.
     n_gallery, n_contrast : int
         Flagged and unflagged images shown.
+    n_input_flagged : int
+        Scored images the input check flagged (0 for a CSV without its columns).
+    n_input_shown : int
+        Input-flagged images shown (first in the report, with their maps).
     maps : str
         Where the overlays came from: ``"saved"``, ``"recomputed"``, ``"saved+recomputed"``,
         ``"none"``.
@@ -120,6 +125,8 @@ class ReportSummary:
     n_flagged_images: int = 0
     n_gallery: int = 0
     n_contrast: int = 0
+    n_input_flagged: int = 0
+    n_input_shown: int = 0
     maps: str = "none"
     missing_images: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -260,7 +267,9 @@ def build_report(
     loaded = load_monitor(monitor_path)
     monitor, binding, calibration = loaded.monitor, loaded.binding, loaded.calibration
     table = read_flags_csv(flags_csv, score_name(monitor.method))
-    check_flags_against_monitor(table, monitor, monitor_source=str(monitor_path))
+    check_flags_against_monitor(
+        table, monitor, monitor_source=str(monitor_path), input_check=loaded.input_check
+    )
     classes = table.classes
     informer = scorer_class(monitor.method).has_maps
     if labels is not None and list(labels.class_names) != classes:
@@ -306,7 +315,11 @@ def build_report(
     flagged_rows, gallery, contrast = _select(table, monitor, max_gallery, n_contrast)
     summary.n_flagged_images = len(flagged_rows)
     summary.n_gallery, summary.n_contrast = len(gallery), len(contrast)
-    shown = gallery + contrast
+    # Input-flagged images first (smallest p-value first), then the per-class gallery.
+    input_rows = sorted((r for r in ok if r.input_flag), key=lambda r: (r.input_p, r.row))
+    input_shown = input_rows[: max(0, max_gallery)]
+    summary.n_input_flagged, summary.n_input_shown = len(input_rows), len(input_shown)
+    shown = list({r.row: r for r in input_shown + gallery + contrast}.values())
 
     csv_dir = flags_csv.parent
     wanted = ok if labels is not None else shown
@@ -387,6 +400,7 @@ def build_report(
             "mean_before": _fmt(labelled.before.mean_f1),
             "mean_after": _fmt(labelled.after.mean_f1),
         },
+        "input": _input_view(table, loaded.input_check, input_rows, input_shown, cards),
         "gallery": [cards[r.row] for r in gallery],
         "gallery_truncated": len(flagged_rows) > len(gallery),
         "all_flagged": [
@@ -462,6 +476,52 @@ def _class_view(
             "sens": f"{_fmt(float(b.sensitivity[j]))} → {_fmt(float(a.sensitivity[j]))}",
             "spec": f"{_fmt(float(b.specificity[j]))} → {_fmt(float(a.specificity[j]))}",
         }
+    return view
+
+
+def _input_view(
+    table: FlagsTable,
+    check: InputCheck | None,
+    flagged: Sequence[FlagRow],
+    shown: Sequence[FlagRow],
+    cards: Mapping[int, dict[str, Any]],
+) -> dict[str, Any] | None:
+    """The input check's section: its settings and the input-flagged images' cards."""
+    if not table.input_check:
+        return None
+    ok = table.ok_rows
+    view: dict[str, Any] = {
+        "n_flagged": len(flagged),
+        "n_ok": len(ok),
+        "rate": _fmt(100.0 * len(flagged) / len(ok), 1) if ok else "–",
+        "cards": [{**cards[r.row], "id": f"input-row-{r.row}"} for r in shown],
+        "truncated": len(flagged) > len(shown),
+        "all": [{"row": r.row, "key": r.key, "p": f"{r.input_p:.4g}"} for r in flagged]
+        if len(flagged) > len(shown)
+        else [],
+        "score": "?",
+        "direction": "?",
+        "alpha": "?",
+        "n_calibration": "?",
+        "reason": "",
+        "note": "",
+    }
+    if check is None:
+        view["note"] = "the monitor holds no input check: its settings are unknown here"
+        return view
+    view.update(
+        score=f"{check.score} ({SCORE_TEXT[check.score]})",
+        direction=check.direction_,
+        alpha=f"{check.alpha:g}",
+        n_calibration=check.n_calibration_,
+        reason=check.direction_reason_,
+    )
+    # The CSV's flags against the monitor's alpha: flag --input-alpha may have used another.
+    if any(r.input_flag != (r.input_p <= check.alpha * (1 + 1e-12)) for r in ok):
+        view["note"] = (
+            f"the flags CSV's input flags do not follow the monitor's alpha = {check.alpha:g}: "
+            "the flag run used another alpha (flag_folder's input_alpha)"
+        )
     return view
 
 
@@ -557,7 +617,11 @@ def _card(
                 "label": label,
             }
         )
+    checked = math.isfinite(r.input_p)
     return {
+        "input": {"score": f"{r.input_score:.4g}", "p": f"{r.input_p:.4g}", "flag": r.input_flag}
+        if checked
+        else None,
         "id": f"row-{r.row}",
         "row": r.row,
         "key": r.key,

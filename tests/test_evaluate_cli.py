@@ -270,7 +270,11 @@ def calibrate(s, *extra, out="monitor.json"):
 
 
 def test_calibrate_method_entropy_needs_no_saliency(setup, counting):
-    r = calibrate(setup, "--method", "entropy", "--scores-csv", setup["tmp"] / "scores.csv")
+    # A given input direction: no probe copies to score (auto would add 3 x 8 forward passes).
+    r = calibrate(
+        setup, "--method", "entropy", "--scores-csv", setup["tmp"] / "scores.csv",
+        "--input-direction", "high",
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert counting["explained"] == 0 and counting["forward"] == 24
     doc = json.loads((setup["tmp"] / "monitor.json").read_text())
@@ -312,10 +316,12 @@ def test_calibrate_refuses_options_of_another_method(setup, args, message):
 
 def test_calibrate_and_flag_use_the_cache_when_asked(setup, counting):
     cache = setup["tmp"] / "cache"
-    assert calibrate(setup, "--patch-size", 8, "--cache", cache).exit_code == 0
+    # A given input direction: auto's probe copies are scored on every run (never cached).
+    given = ("--input-direction", "high")
+    assert calibrate(setup, "--patch-size", 8, "--cache", cache, *given).exit_code == 0
     first = (setup["tmp"] / "monitor.json").read_bytes()
     assert counting["explained"] == 24
-    assert calibrate(setup, "--patch-size", 8, "--cache", cache).exit_code == 0
+    assert calibrate(setup, "--patch-size", 8, "--cache", cache, *given).exit_code == 0
     assert counting["explained"] == 24  # the second run explained nothing
     assert (setup["tmp"] / "monitor.json").read_bytes() == first
     # flag reads the entries calibrate stored (same model, images, settings: same keys)

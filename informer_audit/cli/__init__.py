@@ -15,7 +15,7 @@ maps exceptions to exit codes:
 
 from __future__ import annotations
 
-from . import calibrate, evaluate, flag, info, report  # noqa: F401  (register the commands)
+from . import calibrate, evaluate, flag, info, report, shift  # noqa: F401  (register the commands)
 from .app import EXIT_DEVICE, EXIT_INTERRUPTED, EXIT_REFUSED, cli, main
 
 __all__ = ["EXIT_DEVICE", "EXIT_INTERRUPTED", "EXIT_REFUSED", "cli", "main"]
