@@ -104,6 +104,10 @@ class OutputWriteError(InformerAuditError, OSError):
     results were saved instead."""
 
 
+class BackendError(InformerAuditError, RuntimeError):
+    """The Ray backend cannot start, reach its cluster, or fit its workers on it."""
+
+
 class InformerAuditWarning(UserWarning):
     """Base class of the warnings informer-audit issues (the CLI prints them as ``warning:``).
 

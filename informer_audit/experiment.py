@@ -24,7 +24,7 @@ Nothing here prints; progress goes through a callback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,6 +258,7 @@ def run_evaluation(
     n_resamples: int = 10_000,
     seed: int | None = None,
     images_per_chunk: int = 8,
+    backend: Callable[[Auditor], Auditor] | None = None,
     on_progress: Progress | None = None,
 ) -> EvaluationRun:
     """Score both sets with every method and evaluate (module docstring).
@@ -280,6 +281,10 @@ def run_evaluation(
         Resamples of the paired bootstrap of differences in mean F1 (0 skips it).
     seed : int, optional
         Seed of the bootstrap; default the plan's seed (0 for a mapping of scorers).
+    backend : callable, optional
+        Turns each scoring run's local :class:`~.audit.Auditor` into the one that runs it, e.g.
+        ``lambda a: RayAuditor.from_auditor(a, cluster)`` (:mod:`.backends`); each run's
+        auditor is closed when its images are scored. Default: score in this process.
     images_per_chunk : int
         Images loaded and scored together (does not change results).
     on_progress : callable, optional
@@ -313,7 +318,8 @@ def run_evaluation(
         )
 
     def auditor(scorer: Scorer) -> Auditor:
-        return Auditor(model, scorer, classes, images_per_chunk=images_per_chunk, cache=cache)
+        local = Auditor(model, scorer, classes, images_per_chunk=images_per_chunk, cache=cache)
+        return local if backend is None else backend(local)
 
     # One run for the probabilities (the probability scorers are functions of them), one per
     # other row (each saliency adapter, TTA). Its cache entries hold the logits alone.
@@ -418,7 +424,10 @@ def _run(
         if on_progress is not None:
             on_progress(done, total, stage)
 
-    return list(auditor.run(items, advance))
+    try:
+        return list(auditor.run(items, advance))
+    finally:
+        auditor.close()  # a Ray run's workers make way for the next run's
 
 
 def _failure_text(errors: Mapping[str, str | None]) -> str:

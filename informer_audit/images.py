@@ -49,6 +49,7 @@ with its reason (see there).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import stat
@@ -386,7 +387,7 @@ def is_dicom(path: str | Path) -> bool:
         return False
 
 
-def load_image(path: str | Path) -> LoadedImage:
+def load_image(path: str | Path, data: bytes | None = None) -> LoadedImage:
     """Read one image file into the canonical convention.
 
     Parameters
@@ -395,6 +396,10 @@ def load_image(path: str | Path) -> LoadedImage:
         PNG, JPEG, BMP, TIFF, GIF, WebP or any other single-frame format Pillow reads (8- or
         16-bit; grayscale, RGB, RGBA, palette, CMYK; orientation tag applied), or DICOM (one
         frame; see the module docstring).
+    data : bytes, optional
+        The file's bytes, already read (e.g. sent to a worker of another machine): they are
+        decoded instead of the file, and ``path`` only names the image in messages and decides
+        as its suffix does (a ``.dcm`` without the DICOM marker).
 
     Returns
     -------
@@ -410,29 +415,49 @@ def load_image(path: str | Path) -> LoadedImage:
         type that has no meaning as an X-ray intensity.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise ImageReadError(f"{path}: file is empty (0 bytes), expected an image")
-    with path.open("rb") as fh:
-        head = fh.read(_DICOM_MAGIC_AT + len(_DICOM_MAGIC))
+    source: Path | io.BytesIO
+    if data is None:
+        if not path.is_file():
+            raise ImageReadError(f"{path}: file not found")
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{path}: file is empty (0 bytes), expected an image")
+        with path.open("rb") as fh:
+            head = fh.read(_DICOM_MAGIC_AT + len(_DICOM_MAGIC))
+        source = path
+    else:
+        if not data:
+            raise ImageReadError(f"{path}: file is empty (0 bytes), expected an image")
+        head = bytes(data[: _DICOM_MAGIC_AT + len(_DICOM_MAGIC)])
+        source = io.BytesIO(data)
     # Decide by content, not suffix: a mislabelled extension must not change how a file reads.
     if head[_DICOM_MAGIC_AT:] == _DICOM_MAGIC:
-        array = _read_dicom(path)
+        array = _read_dicom(path, source)
     elif head[:4] in _TIFF_MAGIC:
-        array = _read_tiff(path)
+        array = _read_tiff(path, source)
     elif path.suffix.lower() in DICOM_SUFFIXES and not head.startswith(_PILLOW_MAGIC):
-        array = _read_dicom(path, preamble=False)
+        array = _read_dicom(path, source, preamble=False)
     else:
-        array = _read_pillow(path)
+        array = _read_pillow(path, source)
     return _check(path, array)
 
 
-def _read_pillow(path: Path) -> NDArray[np.generic]:
+def _as_file(exc: BaseException, path: Path, source: Path | io.BytesIO) -> str:
+    """A decoder's message as if it had read the file: bytes read elsewhere name the file too.
+
+    Pillow, tifffile and pydicom name what they read; for bytes that is a ``BytesIO`` object's
+    repr, which would make a failure row differ with the backend that decoded the image.
+    """
+    text = str(exc)
+    if isinstance(source, io.BytesIO):
+        text = text.replace(repr(source), repr(str(path))).replace(str(source), str(path))
+    return text
+
+
+def _read_pillow(path: Path, source: Path | io.BytesIO) -> NDArray[np.generic]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 too_big = _too_many_pixels(path, im.width, im.height)
                 if too_big is not None:
                     raise too_big
@@ -449,7 +474,8 @@ def _read_pillow(path: Path) -> NDArray[np.generic]:
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow reports unreadable or truncated files as OSError (UnidentifiedImageError).
         raise ImageReadError(
-            f"{path}: cannot read as an image (expected PNG, JPEG, BMP or TIFF): {exc}"
+            f"{path}: cannot read as an image (expected PNG, JPEG, BMP or TIFF): "
+            f"{_as_file(exc, path, source)}"
         ) from exc
 
 
@@ -483,11 +509,11 @@ def _pil_to_array(im: Image.Image) -> NDArray[np.generic]:
     return np.asarray(im)
 
 
-def _read_tiff(path: Path) -> NDArray[np.generic]:
+def _read_tiff(path: Path, source: Path | io.BytesIO) -> NDArray[np.generic]:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(source) as tif:
             page = cast("tifffile.TiffPage", tif.pages[0])  # the first IFD is never a frame
             # Count from the tags: page.shape starts with the samples for planar (separate) files.
             width, height = int(page.imagewidth), int(page.imagelength)
@@ -507,7 +533,9 @@ def _read_tiff(path: Path) -> NDArray[np.generic]:
     except ImageReadError:
         raise
     except Exception as exc:  # tifffile raises many types (TiffFileError, ValueError, ...)
-        raise ImageReadError(f"{path}: cannot read as a TIFF image: {exc}") from exc
+        raise ImageReadError(
+            f"{path}: cannot read as a TIFF image: {_as_file(exc, path, source)}"
+        ) from exc
     if planar and array.ndim == 3:
         # Separate colour planes come as (S, H, W); make them (H, W, S) like every other file.
         array = np.moveaxis(array, 0, -1)
@@ -518,7 +546,9 @@ def _read_tiff(path: Path) -> NDArray[np.generic]:
     return _orient(array, orientation)
 
 
-def _read_dicom(path: Path, *, preamble: bool = True) -> NDArray[np.generic]:
+def _read_dicom(
+    path: Path, source: Path | io.BytesIO, *, preamble: bool = True
+) -> NDArray[np.generic]:
     """A DICOM file's pixels: float64 in [0, 1] (grayscale, RGB > 8 bits) or uint8/16 RGB."""
     try:
         import pydicom
@@ -528,9 +558,11 @@ def _read_dicom(path: Path, *, preamble: bool = True) -> NDArray[np.generic]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about every odd element
-            ds = pydicom.dcmread(path, force=not preamble)
+            ds = pydicom.dcmread(source, force=not preamble)
     except Exception as exc:  # pydicom raises InvalidDicomError, ValueError, EOFError, ...
-        raise ImageReadError(f"{path}: cannot read as DICOM{where}: {exc}") from exc
+        raise ImageReadError(
+            f"{path}: cannot read as DICOM{where}: {_as_file(exc, path, source)}"
+        ) from exc
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = ds.get("SOPClassUID")
         kind = f" (SOP class {getattr(sop, 'name', sop)})" if sop else ""
