@@ -39,6 +39,8 @@ _EXPORTS: dict[str, str] = {
     "load_monitor": "monitorfile",
     "save_monitor": "monitorfile",
     "MonitorFile": "monitorfile",
+    "InputCheck": "inputcheck",
+    "input_scores": "inputcheck",
     # saliency adapters
     "SaliencyAdapter": "saliency",
     "get_adapter": "saliency",
@@ -61,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     "MonitorMismatchError": "errors",
     "NotFittedError": "errors",
     "DeviceUnavailableError": "errors",
+    "BackendError": "errors",
     "SaliencyError": "errors",
     "CheckpointError": "errors",
     "ExportError": "errors",

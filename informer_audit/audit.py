@@ -16,8 +16,11 @@ loaded nor explained again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ from .errors import (
     EvaluationError,
     ImageReadError,
     InformerAuditError,
+    InformerAuditWarning,
     LabelFormatError,
     ModelSpecError,
     MonitorMismatchError,
@@ -43,13 +47,22 @@ from .errors import (
 from .fileio import content_sha256
 from .flagsfile import FlagsLayout, write_flags_csv
 from .images import IMAGE_SUFFIXES, load_image, scan_folder
+from .inputcheck import (
+    InputCheck,
+    available_scores,
+    check_alpha,
+    input_scores,
+    needed_calibration,
+    probe_copies,
+    score_of,
+)
 from .journal import FlagJournal, journal_path
 from .labels import LabelSet
 from .mapstore import MapStore
 from .model import OnnxClassifier
 from .monitor import FlagMonitor
 from .monitorfile import monitor_to_dict
-from .numerics import sigmoid
+from .numerics import logit, sigmoid
 from .paths import printable
 from .scorers import Scorer, make_monitor
 
@@ -177,6 +190,9 @@ class Auditor:
             **self.scorer.settings(),
         }
 
+    def close(self) -> None:
+        """Release what scoring holds beyond this process (nothing here; see :mod:`.backends`)."""
+
     # -- the score cache ----------------------------------------------------------------------
     def _cache_document(self, path: Path) -> str | None:
         """The image's cache key document; ``None`` without a cache or for an unreadable file."""
@@ -237,7 +253,7 @@ class Auditor:
 
     def _score_chunk(self, chunk: list[tuple[str, Path]]) -> list[ImageResult]:
         results = [ImageResult(key, Path(path)) for key, path in chunk]
-        loaded = []
+        loaded: list[tuple[ImageResult, NDArray[np.float32]]] = []
         documents: dict[int, str] = {}  # id(result) -> cache key document
         for r in results:
             document = self._cache_document(r.path)
@@ -245,14 +261,80 @@ class Auditor:
                 documents[id(r)] = document
                 if not self.keep_maps and self._from_cache(self.cache, r, document):
                     continue
+            self._load(loaded, r, None)
+        self._score_isolated(loaded)
+        for r, _ in loaded:
+            if r.ok and id(r) in documents and self.cache is not None:
+                self._to_cache(self.cache, r, documents[id(r)])
+        return results
+
+    def score_bytes(self, items: Sequence[tuple[str, str | Path, bytes]]) -> list[ImageResult]:
+        """Score images from their bytes, already read: ``(key, path, data)`` items.
+
+        What a worker of :mod:`.backends` runs: the driver reads the files (no shared file
+        system is needed) and this decodes ``data`` as :func:`~.images.load_image` decodes a
+        file, ``path`` naming it in messages. The score cache is not used (the driver owns it);
+        each result is scored or failed exactly as :meth:`run` would score or fail the file.
+        """
+        results = [ImageResult(key, Path(path)) for key, path, _ in items]
+        loaded: list[tuple[ImageResult, NDArray[np.float32]]] = []
+        for r, (_, _, data) in zip(results, items, strict=True):
+            self._load(loaded, r, data)
+        self._score_isolated(loaded)
+        return results
+
+    # -- in-memory images (the shift benchmark's corrupted copies, :mod:`.shift`) --------------
+    def score_arrays(
+        self, keys: Sequence[str], images: Sequence[NDArray[np.floating]]
+    ) -> list[ImageResult]:
+        """Score canonical images already in memory; one result per image, in order.
+
+        Parameters
+        ----------
+        keys : sequence of str
+            Names of the images (a result's :attr:`~ImageResult.key`; its ``path`` is
+            ``Path(key)``).
+        images : sequence of ndarray, each (H, W, C)
+            Canonical images (:mod:`.images`): a :class:`~.images.LoadedImage` keeps its
+            ``source_bits``, so an 8-bit one is resized in 8 bits as its file would be.
+
+        Returns
+        -------
+        list of ImageResult
+            Scored exactly as :meth:`run` scores files, without the score cache; an image that
+            cannot be preprocessed (a shape that is not canonical) or scored is a failed result.
+        """
+        if len(keys) != len(images):
+            raise EvaluationError(f"got {len(keys)} keys for {len(images)} images")
+        results = [ImageResult(key, Path(key)) for key in keys]
+        loaded: list[tuple[ImageResult, NDArray[np.float32]]] = []
+        for r, image in zip(results, images, strict=True):
             try:
-                loaded.append((r, self.model.preprocess([load_image(r.path)])[0]))
-            except ImageReadError as exc:
-                r.error = str(exc)
-            except (OSError, ValueError, MemoryError) as exc:
-                r.error = f"{r.path}: cannot read or convert the image: {exc}"
+                loaded.append((r, self.model.preprocess([image])[0]))
+            except (ValueError, MemoryError) as exc:
+                r.error = f"{r.key}: cannot convert the image: {exc}"
+        self._score_isolated(loaded)
+        return results
+
+    def _load(
+        self,
+        loaded: list[tuple[ImageResult, NDArray[np.float32]]],
+        r: ImageResult,
+        data: bytes | None,
+    ) -> None:
+        """Read and preprocess one image into ``loaded``; a file problem becomes its error."""
+        try:
+            image = load_image(r.path) if data is None else load_image(r.path, data)
+            loaded.append((r, self.model.preprocess([image])[0]))
+        except ImageReadError as exc:
+            r.error = str(exc)
+        except (OSError, ValueError, MemoryError) as exc:
+            r.error = f"{r.path}: cannot read or convert the image: {exc}"
+
+    def _score_isolated(self, loaded: list[tuple[ImageResult, NDArray[np.float32]]]) -> None:
+        """Score loaded images together; when the runtime fails, find the image that fails it."""
         if not loaded:
-            return results
+            return
         try:
             self._score(loaded)
         except (ModelSpecError, SaliencyError, EvaluationError):
@@ -268,10 +350,6 @@ class Auditor:
                         raise
                     except Exception as exc1:
                         pair[0].error = f"scoring failed: {type(exc1).__name__}: {exc1}"
-        for r, _ in loaded:
-            if r.ok and id(r) in documents and self.cache is not None:
-                self._to_cache(self.cache, r, documents[id(r)])
-        return results
 
     def _score(self, loaded: list[tuple[ImageResult, NDArray[np.float32]]]) -> None:
         x = np.stack([arr for _, arr in loaded])
@@ -324,6 +402,8 @@ class Calibration:
     evidence : dict, optional
         What the cross-fitted estimate and the information tests showed
         (:func:`.crossfit.calibration_evidence`); stored in the monitor file.
+    input_check : InputCheck, optional
+        The fitted input check (:func:`fit_input_check`); stored in the monitor file.
     """
 
     monitor: FlagMonitor
@@ -334,6 +414,7 @@ class Calibration:
     labels: LabelSet | None = None
     flag_scores: NDArray[np.float64] | None = None
     evidence: dict[str, Any] | None = None
+    input_check: InputCheck | None = None
 
     @property
     def return_code(self) -> int:
@@ -366,6 +447,9 @@ def calibrate(
     grid_step: float = 0.001,
     on_result: Callable[[ImageResult], None] | None = None,
     evidence_options: Mapping[str, Any] | None = None,
+    input_check: InputCheck | None = None,
+    input_probes: int = 8,
+    input_seed: int = 0,
 ) -> Calibration:
     """Score every labelled image and fit the monitor of the auditor's method.
 
@@ -378,6 +462,11 @@ def calibrate(
         Keyword arguments of :func:`.crossfit.calibration_evidence` (``n_splits``,
         ``n_repeats``, ``n_resamples``, ``seed``); an empty mapping uses its defaults, ``None``
         skips the estimate (the monitor is the same either way).
+    input_check : InputCheck, optional
+        An unfitted input check (its score, alpha and direction), fitted on the scored images
+        by :func:`fit_input_check`; ``None``: no input check.
+    input_probes, input_seed : int
+        The probe images of ``direction="auto"`` (:func:`fit_input_check`).
     """
     if list(labels.class_names) != auditor.classes:
         raise LabelFormatError(
@@ -413,7 +502,134 @@ def calibrate(
         evidence = calibration_evidence(
             monitor, auditor.scorer, scores, y, probs, dist, **evidence_options
         )
-    return Calibration(monitor, auditor.binding(), ok, y, failed, labels, flag_scores, evidence)
+    check = None
+    if input_check is not None:
+        check = fit_input_check(auditor, ok, input_check, probes=input_probes, seed=input_seed)
+    return Calibration(
+        monitor, auditor.binding(), ok, y, failed, labels, flag_scores, evidence, check
+    )
+
+
+def image_input_scores(
+    auditor: Auditor, results: Sequence[ImageResult]
+) -> dict[str, NDArray[np.float64]]:
+    """The image-level input scores of scored results (:func:`.inputcheck.input_scores`).
+
+    From what scoring computed, no model call: the logits, the distance matrices (methods
+    with maps) and, for TTA, its spread. Each score has shape (N,).
+    """
+    if not results:
+        return {}
+    logits = np.stack([np.asarray(r.logits) for r in results])
+    probs = np.stack([np.asarray(r.probs) for r in results])
+    dist = _distances(results) if auditor.scorer.has_maps else None
+    tta = np.stack([np.asarray(r.score) for r in results]) if _is_tta(auditor) else None
+    return input_scores(logits, probs, dist, tta)
+
+
+def _is_tta(auditor: Auditor) -> bool:
+    return "tta" in auditor.scorer.option_groups
+
+
+def input_score_names(auditor: Auditor) -> tuple[str, ...]:
+    """The input scores the auditor's method computes (the flags CSV's ``input_<name>``)."""
+    return available_scores(auditor.scorer.has_maps, _is_tta(auditor))
+
+
+def fit_input_check(
+    auditor: Auditor,
+    results: Sequence[ImageResult],
+    check: InputCheck,
+    *,
+    probes: int = 8,
+    seed: int = 0,
+) -> InputCheck:
+    """Fit an input check on scored calibration images.
+
+    With ``check.direction == "auto"``, ``probes`` of the images (drawn with
+    ``numpy.random.default_rng(seed)``) are probe images: they are read again, corrupted
+    (:func:`.inputcheck.probe_copies`: noise, inverted, upside down) and scored by the
+    auditor's method -- ``3 * probes`` extra images' worth of model calls and saliency maps,
+    at calibration time only -- and the paired differences choose the direction. The probe
+    images are then left out of the calibration scores, so that the direction depends on no
+    image the p-values are ranked against. With another direction (or ``probes=0``) nothing is
+    computed again and every image is a calibration image.
+
+    Parameters
+    ----------
+    auditor : Auditor
+        The one that scored ``results``.
+    results : sequence of ImageResult
+        Scored calibration images (at least 2 for probes).
+    check : InputCheck
+        Unfitted (its hyperparameters are used); fitted and returned.
+    """
+    scores = score_of(image_input_scores(auditor, results), check.score)
+    m = min(max(0, int(probes)), len(results) - 1)
+    if check.direction != "auto" or m <= 0:
+        fitted = check.fit(scores)
+    else:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(results), m, replace=False))
+        shifted = _probe_scores(auditor, [results[i] for i in chosen], check.score, seed)
+        rest = np.delete(scores, chosen)
+        logger.info("input check: %d probe image(s), %d calibration scores", m, rest.size)
+        fitted = check.fit(rest, probe_clean=scores[chosen], probe_shifted=shifted)
+    warn_if_cannot_flag(fitted, fitted.alpha, stacklevel=4)
+    return fitted
+
+
+def warn_if_cannot_flag(check: InputCheck, alpha: float, *, stacklevel: int = 3) -> None:
+    """Warn when no image can reach ``p <= alpha`` with the check's calibration images."""
+    if check.can_flag(alpha):
+        return
+    needed = needed_calibration(alpha, check.direction_)
+    warnings.warn(
+        InformerAuditWarning(
+            f"the input check has {check.n_calibration_} calibration images: its smallest "
+            f"p-value is {check.min_p_:.3g} > alpha = {alpha:g}, so no image can be flagged; "
+            f"a {check.direction_} check at this alpha needs at least {needed} calibration "
+            "images (not counting probe images)",
+            params=("input_alpha",),
+        ),
+        stacklevel=stacklevel,
+    )
+
+
+def _probe_scores(
+    auditor: Auditor, results: Sequence[ImageResult], score: str, seed: int
+) -> NDArray[np.float64]:
+    """Scores (m, 3) of the corrupted copies of probe images; NaN where a copy fails."""
+    from .inputcheck import PROBE_KINDS
+
+    model = auditor.model
+    c = len(PROBE_KINDS)
+    out = np.full((len(results), c), np.nan)
+    rows, arrays = [], []
+    for i, r in enumerate(results):
+        try:
+            arrays.append(model.preprocess([load_image(r.path)])[0])
+            rows.append(i)
+        except (OSError, ValueError, MemoryError) as exc:  # ImageReadError is a ValueError
+            logger.warning("input check probe %s could not be read again: %s", r.key, exc)
+    if not arrays:
+        return out
+    card = model.card
+    copies = probe_copies(np.stack(arrays), card.mean, card.std, seed)
+    x = copies.reshape(-1, *copies.shape[2:])
+    logits = model.logits(x)
+    keep = np.flatnonzero(np.isfinite(logits).all(axis=1))
+    if keep.size == 0:
+        return out
+    batch = auditor.scorer.score(model, x[keep], logits[keep], auditor.index)
+    good = keep[batch.valid]
+    z = logits[good][:, auditor.index]
+    dist = batch.dist[batch.valid] if batch.dist is not None else None
+    tta = batch.scores[batch.valid] if _is_tta(auditor) else None
+    values = score_of(input_scores(z, sigmoid(z), dist, tta), score)
+    flat = np.full(x.shape[0], np.nan)
+    flat[good] = values
+    out[rows] = flat.reshape(len(rows), c)
+    return out
 
 
 def _distances(results: Sequence[ImageResult]) -> NDArray[np.float64]:
@@ -446,6 +662,12 @@ class FlagSummary:
     n_duplicates: int = 0
     """Images with the same bytes as an earlier file of this folder in this run: their row is
     that file's (not scored twice)."""
+    input_check: InputCheck | None = None
+    """The input check applied (``None``: the monitor has none)."""
+    input_alpha: float | None = None
+    """The alpha the input check flagged at (the monitor's, or the run's override)."""
+    n_input_flagged: int = 0
+    """Scored images the input check flagged (``p <= input_alpha``)."""
 
     def __post_init__(self) -> None:
         k = len(self.classes)
@@ -495,6 +717,8 @@ def flag_folder(
     maps_dir: str | Path | None = None,
     restart: bool = False,
     on_reused: Callable[[str], None] | None = None,
+    input_check: InputCheck | None = None,
+    input_alpha: float | None = None,
 ) -> FlagSummary:
     """Audit every image under ``images_dir`` and write the flags CSV, resumably.
 
@@ -524,7 +748,28 @@ def flag_folder(
     (``entropy_C``, ``tta_C``, ``msp_C``). With ``maps_dir``
     (INFORMER, an auditor with ``keep_maps=True``), each scored image's class maps are saved
     there (:class:`~.mapstore.MapStore`) before its row is written.
+
+    Every row has the image-level input scores (``input_<name>``: ``input_entropy``,
+    ``input_max_prob``, ``input_energy``, ``input_distinctiveness`` for a method with maps,
+    ``input_tta_spread`` for TTA), computed from what scoring computed (no model call). With
+    ``input_check`` (a fitted :class:`~.inputcheck.InputCheck`, e.g. the monitor file's), also
+    ``input_score``, its conformal ``input_p`` and ``input_flag`` (``p <= alpha``; ``alpha``:
+    ``input_alpha``, default the check's own).
     """
+    if input_check is not None:
+        input_check.check_fitted()
+        alpha = input_check.alpha if input_alpha is None else check_alpha(input_alpha)
+        if input_check.score not in input_score_names(auditor):
+            raise MonitorMismatchError(
+                f"{monitor_source}: its input check uses the score {input_check.score!r}, which "
+                f"method {auditor.method!r} does not compute ({list(input_score_names(auditor))})"
+            )
+    elif input_alpha is not None:
+        raise EvaluationError(
+            "input_alpha applies to an input check; this run has none (the monitor was fitted "
+            "without one)",
+            params=("input_alpha",),
+        )
     if monitor.method != auditor.method:
         raise MonitorMismatchError(
             f"{monitor_source} is a {monitor.method!r} monitor; this run scores images with "
@@ -549,13 +794,22 @@ def flag_folder(
         )
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    layout = FlagsLayout(tuple(auditor.classes), auditor.score_name, with_matrix)
+    layout = FlagsLayout(
+        tuple(auditor.classes),
+        auditor.score_name,
+        with_matrix,
+        input_scores=input_score_names(auditor),
+        input_check=input_check is not None,
+    )
     columns = layout.columns
     summary = FlagSummary(list(auditor.classes))
     summary.skipped = [(printable(str(p)), printable(why)) for p, why in scan.skipped]
+    if input_check is not None:
+        summary.input_check, summary.input_alpha = input_check, alpha
+        warn_if_cannot_flag(input_check, alpha)
     with FlagJournal(
         journal_path(out_csv),
-        _journal_settings(auditor, monitor, columns),
+        _journal_settings(auditor, monitor, columns, input_check, summary.input_alpha),
         len(columns) - 1,
         restart=restart,
         sync_every=auditor.images_per_chunk,
@@ -603,7 +857,8 @@ def flag_folder(
                     _save_maps(store, result)
                 sha = hashes[i]
                 if result.ok and sha is not None:
-                    journal.append(sha, result.key, _flag_cells(result, monitor, layout))
+                    cells = _flag_cells(result, monitor, layout, input_check, summary.input_alpha)
+                    journal.append(sha, result.key, cells)
                 else:
                     failed[i] = printable(str(result.error))
 
@@ -628,13 +883,19 @@ def flag_folder(
 
 
 def _journal_settings(
-    auditor: Auditor, monitor: FlagMonitor, columns: Sequence[str]
+    auditor: Auditor,
+    monitor: FlagMonitor,
+    columns: Sequence[str],
+    input_check: InputCheck | None = None,
+    input_alpha: float | None = None,
 ) -> dict[str, Any]:
     """Everything that changes a flags row; the resume journal is bound to it.
 
     The column layout, the binding (model SHA-256, classes, preprocessing, saliency or method
     settings), the monitor's decision rule (method, direction, per-class thresholds, the learned
-    flagger's coefficients) and the tool version. Not included, as they do not change rows: the
+    flagger's coefficients), the input check's (score, direction, the alpha of this run, the
+    SHA-256 of its calibration scores) and the tool version. Not included, as they do not
+    change rows: the
     device, batch sizes, the score cache, the monitor's calibration statistics, the images
     folder (rows are keyed by image content) and the output file's name.
     """
@@ -648,12 +909,18 @@ def _journal_settings(
     }
     if any("model" in c for c in rule["classes"]):  # the learned flagger's coefficients
         decision["models"] = [c.get("model") for c in rule["classes"]]
-    return {
+    out = {
         "tool_version": __version__,
         "columns": list(columns),
         "binding": auditor.binding(),
         "monitor": decision,
     }
+    if input_check is not None:
+        rule_in = input_check.settings(input_alpha)
+        scores = json.dumps(rule_in.pop("calibration_scores")).encode("ascii")
+        rule_in["calibration_scores_sha256"] = hashlib.sha256(scores).hexdigest()
+        out["input_check"] = rule_in
+    return out
 
 
 def _map_store(auditor: Auditor, maps_dir: str | Path | None) -> MapStore | None:
@@ -679,7 +946,13 @@ def _save_maps(store: MapStore, result: ImageResult) -> None:
     store.save(result.key, result.maps, dist, d, image_sha256)
 
 
-def _flag_cells(result: ImageResult, monitor: FlagMonitor, layout: FlagsLayout) -> list[str]:
+def _flag_cells(
+    result: ImageResult,
+    monitor: FlagMonitor,
+    layout: FlagsLayout,
+    input_check: InputCheck | None = None,
+    input_alpha: float | None = None,
+) -> list[str]:
     """The cells of a scored image's flags row after its path, as the CSV writes them."""
     probs, score = _probs_score(result)
     dist = result.dist
@@ -689,7 +962,18 @@ def _flag_cells(result: ImageResult, monitor: FlagMonitor, layout: FlagsLayout) 
     yhat, flags, audited = (a[0] for a in monitor.audit(probs[None], score[None], d))
     flag_score = monitor.flag_scores(score[None], probs[None], d)[0]
     shown = dist if layout.with_matrix else None
-    return layout.scored_row(result.key, probs, yhat, flag_score, flags, audited, dist=shown)[1:]
+    logits = result.logits if result.logits is not None else logit(probs)
+    tta = score[None] if "tta_spread" in layout.input_scores else None
+    found = input_scores(logits[None], probs[None], d, tta)
+    inputs = {name: float(found[name][0]) for name in layout.input_scores}
+    check = None
+    if input_check is not None:
+        s = score_of(found, input_check.score)
+        p = float(input_check.p_values(s)[0])
+        check = (float(s[0]), p, bool(input_check.flags(s, input_alpha)[0]))
+    return layout.scored_row(
+        result.key, probs, yhat, flag_score, flags, audited, dist=shown, inputs=inputs, check=check
+    )[1:]
 
 
 def _write_flags_csv(
@@ -709,6 +993,7 @@ def _write_flags_csv(
     k = len(summary.classes)
     counts = np.zeros((3, k), dtype=np.int64)  # predicted, flagged, audited positives
     at = [[layout.index(f, j) for j in range(k)] for f in ("pred", "flag", "audited")]
+    input_at = layout.columns.index("input_flag") if layout.input_check else None
 
     def rows() -> Iterator[list[Any]]:
         for i, path in enumerate(paths):
@@ -722,6 +1007,8 @@ def _write_flags_csv(
                 continue
             row = [key, *journal.cells(sha)]
             counts[:] += [[int(row[c]) for c in cols] for cols in at]
+            if input_at is not None:
+                summary.n_input_flagged += int(row[input_at])
             yield row
 
     write_flags_csv(out_csv, layout, rows())
@@ -735,5 +1022,8 @@ __all__ = [
     "ImageResult",
     "InformerAuditError",
     "calibrate",
+    "fit_input_check",
     "flag_folder",
+    "image_input_scores",
+    "input_score_names",
 ]

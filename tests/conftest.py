@@ -138,6 +138,12 @@ def random_model(
     return path, {"W": w, "b": b, "W1": w1, "card": card}
 
 
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the batch-size probe's cache (and anything else cached per user) out of ~/.cache."""
+    monkeypatch.setenv("INFORMER_AUDIT_CACHE_DIR", str(tmp_path / "ia-cache"))
+
+
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Callable[..., tuple[Path, dict]]:
     """Factory for :func:`random_model` under ``tmp_path`` (``name`` is the file name)."""

@@ -6,7 +6,8 @@ named (the library names its parameters).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,40 @@ def load_model(kw: dict[str, Any], fallback: dict[str, Any] | None = None, sourc
         fallback_card=fallback,
         fallback_source=source,
     )
+
+
+def resolve_batch_size(
+    kw: dict[str, Any], model: Any, methods: list[str], adapters: list[str]
+) -> str:
+    """Set ``kw["batch_size"]``: as given, else chosen for ``model`` on this machine.
+
+    Only when one of ``methods`` runs batches through ONNX Runtime (tta, or a method with
+    maps whose adapter among ``adapters`` takes ``--batch-size``) is the size chosen
+    (:func:`~informer_audit.batchsize.choose_batch_size`: a short probe, cached); otherwise it
+    is unused and stays at the library's default.
+
+    Returns
+    -------
+    str
+        ``"; batch size ..."`` for the run header, or ``""`` when no ONNX Runtime batch is run.
+    """
+    from ..batchsize import DEFAULT_BATCH, choose_batch_size
+    from ..saliency import ORT_BATCH_SIZE, available_adapters
+    from ..scorers import scorer_class
+
+    given = kw.get("batch_size")
+    registry = available_adapters()
+    ort_adapters = [
+        a for a in adapters if ORT_BATCH_SIZE in getattr(registry.get(a), "options", ())
+    ]
+    groups = [scorer_class(m).option_groups for m in methods]
+    used = any("tta" in g or ("saliency" in g and ort_adapters) for g in groups)
+    if not used:
+        kw["batch_size"] = given or DEFAULT_BATCH
+        return ""
+    choice = choose_batch_size(model, given)
+    kw["batch_size"] = choice.size
+    return f"; {choice.describe()}"
 
 
 def _flag(dest: str) -> str:
@@ -182,3 +217,61 @@ def read_labels(
 def label_filters(kw: dict[str, Any]) -> dict[str, Any]:
     """``frontal_only`` and ``require_finding`` as read_labels takes them."""
     return {"frontal_only": kw["frontal_only"], "require_finding": kw["require_finding"]}
+
+
+@contextlib.contextmanager
+def ray_cluster(kw: dict[str, Any]) -> Iterator[Any]:
+    """The Ray cluster of ``--backend ray`` (connected for the block), or ``None`` for local.
+
+    Pops the backend options from ``kw``; ``--ray-*`` options without ``--backend ray`` are
+    refused. On exit a local Ray started here is shut down.
+    """
+    from .options import RAY_OPTIONS
+
+    name = kw.pop("backend", "local")
+    given = {k: kw.pop(k, None) for k in RAY_OPTIONS}
+    if name == "local":
+        defaults = {"ray_cpus_per_worker": 1, "ray_gpus_per_worker": 0.0}
+        extra = [k for k, v in given.items() if v is not None and v != defaults.get(k)]
+        if extra:
+            raise click.UsageError(
+                ", ".join("--" + k.replace("_", "-") for k in extra) + " need --backend ray"
+            )
+        yield None
+        return
+    from ..backends import RayCluster, RaySettings
+    from . import render
+
+    settings = RaySettings(
+        address=given["ray_address"],
+        workers=given["ray_workers"],
+        cpus_per_worker=given["ray_cpus_per_worker"] or 1,
+        gpus_per_worker=given["ray_gpus_per_worker"] or 0.0,
+        object_store_mb=given["ray_object_store_mb"],
+    )
+    with RayCluster(settings) as cluster:
+        render.note(f"backend: {cluster.description}")
+        yield cluster
+
+
+@contextlib.contextmanager
+def backend(kw: dict[str, Any], auditor: Any) -> Iterator[Any]:
+    """``auditor`` on the chosen ``--backend``: itself (local), or on Ray's workers.
+
+    With ``ray`` the workers are started (and the run says how many, of what) before the block,
+    and stopped after it.
+    """
+    with ray_cluster(kw) as cluster:
+        if cluster is None:
+            yield auditor
+            return
+        from ..backends import RayAuditor
+        from . import render
+
+        remote = RayAuditor.from_auditor(auditor, cluster)
+        render.note(f"starting {remote.description}")
+        remote.start()
+        try:
+            yield remote
+        finally:
+            remote.close()

@@ -16,7 +16,9 @@ from .build import (
     label_filters,
     load_model,
     pop_tta,
+    ray_cluster,
     read_labels,
+    resolve_batch_size,
     saliency_settings_several,
     score_cache,
     torch_module,
@@ -186,6 +188,7 @@ def _label_sets(kw: dict[str, Any], model: Any) -> dict[str, Any]:
 @opt.cache("Per-image score cache folder [OUTDIR/cache]; a rerun recomputes nothing.")
 @click.option("--no-cache", is_flag=True, help="Use no score cache.")
 @click.option("--no-plots", is_flag=True, help="Write no PNG plots (no matplotlib needed).")
+@opt.backend_options
 @handle_errors
 def evaluate_command(**kw: Any) -> None:
     """Fit INFORMER and the baselines on a calibration set, compare them on a test set.
@@ -207,6 +210,7 @@ def evaluate_command(**kw: Any) -> None:
     methods: list[str] = kw["methods"]
     tta = pop_tta(kw, any("tta" in scorer_class(m).option_groups for m in methods))
     model = load_model(kw)
+    batch = resolve_batch_size(kw, model, methods, kw["saliency"] or ["fd"])
     plan = _plan(kw, model, methods, tta)
     sets = _label_sets(kw, model)
     paths.check(
@@ -220,10 +224,10 @@ def evaluate_command(**kw: Any) -> None:
         f"[bold]evaluate[/]: {len(sets['calib'])} calibration and {len(sets['test'])} test images;"
         f" methods {', '.join(methods)}"
         + (f"; saliency {saliency}" if saliency else "")
-        + f"; device {model.device_note}"
+        + f"; device {model.device_note}{batch}"
         + (f"; cache {render.escape(str(cache_dir))}" if cache_dir else "")
     )
-    with render.stage_progress() as on_progress:
+    with ray_cluster(kw) as cluster, render.stage_progress() as on_progress:
         run = run_evaluation(
             model,
             sets["calib"],
@@ -235,6 +239,7 @@ def evaluate_command(**kw: Any) -> None:
             n_resamples=kw["n_resamples"],
             seed=kw["seed"],
             on_progress=on_progress,
+            backend=_on_ray(cluster),
         )
     write = functools.partial(
         write_evaluation,
@@ -249,3 +254,12 @@ def evaluate_command(**kw: Any) -> None:
     render.evaluation_notes(run, cache_dir)
     render.done(f"{len(written)} files written to {outdir} (see report.md)")
     raise SystemExit(run.return_code)
+
+
+def _on_ray(cluster: Any) -> Any:
+    """run_evaluation's ``backend``: each scoring run on the cluster's workers (None: local)."""
+    if cluster is None:
+        return None
+    from ..backends import RayAuditor
+
+    return lambda auditor: RayAuditor.from_auditor(auditor, cluster)

@@ -12,9 +12,11 @@ from . import options as opt
 from . import render
 from .app import cli, handle_errors
 from .build import (
+    backend,
     load_model,
     pop_tta,
     refuse_saliency,
+    resolve_batch_size,
     saliency_settings,
     score_cache,
     torch_module,
@@ -44,8 +46,9 @@ def _paths(kw: dict[str, Any]) -> Any:
     )
 
 
-def _scorer(kw: dict[str, Any], monitor: Any, binding: dict[str, Any]) -> tuple[Any, Any]:
-    """The model (card from the monitor when it has none) and the monitor's scorer."""
+def _scorer(kw: dict[str, Any], monitor: Any, binding: dict[str, Any]) -> tuple[Any, Any, str]:
+    """The model (card from the monitor when it has none), the monitor's scorer, and the run
+    header's words on the batch size."""
     from ..errors import MonitorMismatchError
     from ..scorers import scorer_class, scorer_from_binding
 
@@ -71,12 +74,15 @@ def _scorer(kw: dict[str, Any], monitor: Any, binding: dict[str, Any]) -> tuple[
     model = load_model(kw, card, f"monitor {source}")
     params: dict[str, Any] = {}
     module = None
+    adapters: list[str] = []
     if "saliency" in kind.option_groups:
         name = kw["saliency"] or str((binding.get("saliency") or {}).get("name"))
         params, extra = saliency_settings(kw, name)
         module = torch_module(model, extra, name)
+        adapters = [name]
     else:
         refuse_saliency(kw, used)
+    batch = resolve_batch_size(kw, model, [used], adapters)
     scorer = scorer_from_binding(
         binding,
         method=method,
@@ -87,7 +93,7 @@ def _scorer(kw: dict[str, Any], monitor: Any, binding: dict[str, Any]) -> tuple[
         batch_size=kw["batch_size"],
         source=source,
     )
-    return model, scorer
+    return model, scorer, batch
 
 
 @cli.command(cls=opt.SaliencyCommand)
@@ -124,7 +130,12 @@ def _scorer(kw: dict[str, Any], monitor: Any, binding: dict[str, Any]) -> tuple[
     type=opt.NEW_DIR,
     help="Then write the HTML report of this run to this folder (index.html and assets/).",
 )
+@opt.input_alpha(
+    "Override the monitor's input check alpha for this run (an image is input-flagged when its "
+    "conformal p-value is at most this) [the monitor's]."
+)
 @opt.method_options
+@opt.backend_options
 @handle_errors
 def flag(**kw: Any) -> None:
     """Audit every image under a folder with a fitted monitor; write one CSV row per image.
@@ -138,7 +149,7 @@ def flag(**kw: Any) -> None:
     paths = _paths(kw)
     paths.check()
     loaded = load_monitor(kw["monitor_path"])
-    model, scorer = _scorer(kw, loaded.monitor, loaded.binding)
+    model, scorer, batch = _scorer(kw, loaded.monitor, loaded.binding)
     paths.check({"MODEL": model.files})
     keep_maps = scorer.has_maps and bool(kw["save_maps"] or kw["report_dir"])
     auditor = Auditor(
@@ -151,7 +162,7 @@ def flag(**kw: Any) -> None:
     # --report without --save-maps: the report reads the maps from a temporary folder.
     scratch = tempfile.TemporaryDirectory(prefix="informer-maps-") if keep_maps else None
     maps_dir = kw["save_maps"] or (Path(scratch.name) if scratch is not None else None)
-    render.note(f"[bold]flag[/]: {render.scoring_note(scorer)}; device {model.device_note}")
+    render.note(f"[bold]flag[/]: {render.scoring_note(scorer)}; device {model.device_note}{batch}")
     progress = render.progress()
     task = progress.add_task("auditing", total=None)
 
@@ -161,23 +172,29 @@ def flag(**kw: Any) -> None:
         progress.update(task, total=n_images)
         progress.start()
 
-    try:
-        summary = flag_folder(
-            auditor,
-            loaded.monitor,
-            loaded.binding,
-            kw["images"],
-            kw["output"],
-            with_matrix=kw["with_matrix"],
-            monitor_source=str(kw["monitor_path"]),
-            on_start=start,
-            on_result=lambda _r: progress.advance(task),
-            maps_dir=maps_dir,
-            restart=kw["restart"],
-            on_reused=lambda _key: progress.advance(task),
-        )
-    finally:
-        progress.stop()
+    with backend(kw, auditor) as runner:
+        try:
+            summary = flag_folder(
+                runner,
+                loaded.monitor,
+                loaded.binding,
+                kw["images"],
+                kw["output"],
+                with_matrix=kw["with_matrix"],
+                monitor_source=str(kw["monitor_path"]),
+                on_start=start,
+                on_result=lambda _r: progress.advance(task),
+                maps_dir=maps_dir,
+                restart=kw["restart"],
+                on_reused=lambda _key: progress.advance(task),
+                input_check=loaded.input_check,
+                input_alpha=kw["input_alpha"],
+            )
+        finally:
+            progress.stop()
+        where = getattr(runner, "description", None)
+    if where:
+        render.note(f"scored on {where}")
     _render(kw, summary, auditor, loaded.evidence)
     raise SystemExit(max(summary.return_code, _report(kw, model, maps_dir, scratch)))
 

@@ -77,6 +77,56 @@ model_options = group(
 MODEL_OVERRIDES = ("class_names", "image_size", "channels", "layout", "scale", "mean", "std")
 
 
+# -- where images are scored ---------------------------------------------------------------------
+backend_options = group(
+    click.option(
+        "--backend",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="local scores in this process (the reference); ray scores on the workers of a Ray "
+        "cluster (pip install 'informer-audit[ray]'). Results are the same.",
+    ),
+    click.option(
+        "--ray-address",
+        help="Ray cluster to join (e.g. auto, ray://head:10001, head:6379; default: "
+        "$RAY_ADDRESS; with neither, start a private local Ray with this machine's CPUs).",
+    ),
+    click.option(
+        "--ray-workers",
+        type=click.IntRange(min=1),
+        help="Worker actors (default: as many as the cluster's CPUs, or GPUs, allow).",
+    ),
+    click.option(
+        "--ray-cpus-per-worker",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="CPUs per worker; also its ONNX Runtime thread count.",
+    ),
+    click.option(
+        "--ray-gpus-per-worker",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="GPUs per worker (a worker with a GPU runs ONNX Runtime on CUDA).",
+    ),
+    click.option(
+        "--ray-object-store-mb",
+        type=click.IntRange(min=80),
+        help="Object store size of a local Ray, in MiB (default: 512 or half of /dev/shm).",
+    ),
+)
+"""--backend and the Ray backend's settings (calibrate, flag, evaluate)."""
+RAY_OPTIONS = (
+    "ray_address",
+    "ray_workers",
+    "ray_cpus_per_worker",
+    "ray_gpus_per_worker",
+    "ray_object_store_mb",
+)
+
+
 # -- files --------------------------------------------------------------------------------------
 def images(help_text: str, required: bool = True, name: str = "") -> Callable[[F], F]:
     """``--images DIR`` (or ``--NAME-images``: an existing folder); the help says what for."""
@@ -194,6 +244,18 @@ method_options = group(
 """``--method`` (the monitor's raw score), the TTA settings and ``--cache``."""
 
 
+# -- the input check ------------------------------------------------------------------------------
+def input_alpha(help_text: str, default: float | None = None) -> Callable[[F], F]:
+    """``--input-alpha A``: the input check's false-alarm level, in (0, 1)."""
+    extra: dict[str, Any] = {"default": default, "show_default": True} if default else {}
+    return click.option(
+        "--input-alpha",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        help=help_text,
+        **extra,
+    )
+
+
 # -- saliency -----------------------------------------------------------------------------------
 class _Converted(click.ParamType):
     """An adapter option's own converter (text -> value; ValueError says the expected form)."""
@@ -235,17 +297,21 @@ def saliency_option_table() -> dict[str, tuple[Any, tuple[str, ...]]]:
 
 
 def _adapter_params() -> list[click.Parameter]:
+    from ..saliency import ORT_BATCH_SIZE
+
     params: list[click.Parameter] = []
     for option, owners in saliency_option_table().values():
         extra = {"default": option.default, "show_default": True} if option.default else {}
-        params.append(
-            click.Option(
-                [option.flag],
-                type=_click_type(option),
-                help=f"{', '.join(owners)}: {option.help}",
-                **extra,
+        text = f"{', '.join(owners)}: {option.help}"
+        if option is ORT_BATCH_SIZE:
+            # Not given: None, and the command chooses it for the machine and model
+            # (build.resolve_batch_size), saying so in its run header.
+            extra = {}
+            text += (
+                " tta: augmented copies per run. [default: chosen for this machine and model "
+                "by a short timed probe, cached; the run header says which]"
             )
-        )
+        params.append(click.Option([option.flag], type=_click_type(option), help=text, **extra))
     return params
 
 
@@ -314,6 +380,16 @@ LIBRARY_NAMES: dict[str, tuple[str, ...]] = {
     "output": ("output_kind",),  # the model card's output kind, not -o/--output
     "fmt": ("label_format",),
     "maps_dir": ("maps_dir", "save_maps"),  # report --maps; flag --save-maps
+    # InputCheck's hyperparameters (calibrate --input-*).
+    "alpha": ("input_alpha",),
+    "score": ("input_score",),
+    "direction": ("input_direction",),
+    # The Ray backend's settings (informer_audit.backends.RaySettings).
+    "address": ("ray_address",),
+    "workers": ("ray_workers",),
+    "cpus_per_worker": ("ray_cpus_per_worker",),
+    "gpus_per_worker": ("ray_gpus_per_worker",),
+    "object_store_mb": ("ray_object_store_mb",),
 }
 """Library parameters whose option has another destination (and not only its own name)."""
 

@@ -226,6 +226,32 @@ def calibration(result: Any) -> None:
         out.print(f"[yellow]note[/] {escape(text)}")
 
 
+def input_check(check: Any) -> None:
+    """calibrate's line about the fitted input check (nothing without one)."""
+    if check is None:
+        return
+    console().print(f"[bold]input check[/]: {escape(check.describe())}")
+
+
+def input_summary(summary: Any) -> None:
+    """flag's line: how many images the input check flagged, at which alpha."""
+    check = summary.input_check
+    if check is None:
+        note("input check: none (the monitor was fitted without one; re-run calibrate to add it)")
+        return
+    alpha = summary.input_alpha
+    rate = summary.n_input_flagged / summary.n_ok if summary.n_ok else float("nan")
+    text = (
+        f"[bold]input check[/]: {summary.n_input_flagged} of {summary.n_ok} scored images "
+        f"flagged ({fmt(rate)}) at alpha = {alpha:g} ({escape(check.score)}, direction "
+        f"{escape(check.direction_)}, {check.n_calibration_} calibration images); images like "
+        f"the calibration images are flagged at a rate of at most {alpha:g}"
+    )
+    if not check.can_flag(alpha):
+        text += f" -- [yellow]but no image can be: the smallest p-value is {check.min_p_:.3g}[/]"
+    console().print(text)
+
+
 def _pm(entry: dict[str, Any], key: str) -> str:
     """``+0.012 [-0.004, +0.030]`` from an evidence entry's value and interval."""
 
@@ -370,6 +396,7 @@ def flag_summary(summary: Any, evidence: dict[str, Any] | None = None) -> None:
             ]
         table.add_row(*cells)
     console().print(table)
+    input_summary(summary)
     skipped(summary.skipped)
 
 
