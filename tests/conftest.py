@@ -139,9 +139,13 @@ def random_model(
 
 
 @pytest.fixture(autouse=True)
-def _private_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the batch-size probe's cache (and anything else cached per user) out of ~/.cache."""
-    monkeypatch.setenv("INFORMER_AUDIT_CACHE_DIR", str(tmp_path / "ia-cache"))
+def _private_cache_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keep the batch-size probe's cache (and anything else cached per user) out of ~/.cache,
+    and out of the test's own ``tmp_path`` (tests check that nothing but outputs appear there)."""
+    cache = tmp_path_factory.mktemp("ia-cache")
+    monkeypatch.setenv("INFORMER_AUDIT_CACHE_DIR", str(cache))
 
 
 @pytest.fixture
