@@ -295,6 +295,17 @@ def _information_section(result: Evaluation) -> list[str]:
     ]
 
 
+def require_matplotlib(what: str) -> None:
+    """Refuse plots early, before any file is written, when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ReportError(
+            f"{what}: matplotlib is needed (pip install matplotlib); or write the report without "
+            "plots"
+        ) from exc
+
+
 def write_evaluation_report(
     result: Evaluation,
     outdir: str | Path,
@@ -341,13 +352,7 @@ def write_evaluation_report(
     """
     outdir = Path(outdir)
     if plots:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as exc:
-            raise ReportError(
-                "the evaluation plots need matplotlib (pip install matplotlib); "
-                "or write the report without plots"
-            ) from exc
+        require_matplotlib("the evaluation plots")
     outdir.mkdir(parents=True, exist_ok=True)
     tables = {
         "table1.csv": result.table1(),

@@ -740,17 +740,11 @@ def write_shift_report(
     ReportError
         When ``plots`` is true and matplotlib is not installed.
     """
-    from .errors import ReportError
+    from .evaluation_report import require_matplotlib
 
     outdir = Path(outdir)
     if plots:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as exc:
-            raise ReportError(
-                "the shift plot needs matplotlib (pip install matplotlib); or write the "
-                "report without plots"
-            ) from exc
+        require_matplotlib("the shift plot")
     outdir.mkdir(parents=True, exist_ok=True)
     tables: dict[str, Table | None] = {
         "auroc.csv": run.auroc_table(),
