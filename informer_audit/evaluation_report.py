@@ -123,7 +123,8 @@ def risk_coverage_plot(result: Evaluation) -> bytes:
     return png_from_figure(fig)
 
 
-def _provenance_lines(provenance: Mapping[str, Any]) -> list[str]:
+def provenance_lines(provenance: Mapping[str, Any]) -> list[str]:
+    """A Markdown table of a run's provenance (strings as they are, other values as JSON)."""
     lines = ["| item | value |", "|---|---|"]
     for key, value in provenance.items():
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
@@ -156,7 +157,7 @@ def render_evaluation_markdown(
         "",
         "## Provenance",
         "",
-        *_provenance_lines({**provenance, "informer-audit": __version__}),
+        *provenance_lines({**provenance, "informer-audit": __version__}),
         "",
         "## Setup",
         "",

@@ -42,6 +42,7 @@ from .corruptions import conditions as corruption_conditions
 from .corruptions import corrupt, get_corruption
 from .errors import EvaluationError, ImageReadError, LabelFormatError, MonitorMismatchError
 from .evaluation import Table, md_cell
+from .evaluation_report import provenance_lines, require_matplotlib
 from .fileio import atomic_write_bytes, atomic_write_text, canonical_json
 from .images import load_image
 from .inputcheck import INPUT_SCORES, SCORE_TEXT, InputCheck
@@ -508,13 +509,9 @@ def run_shift(
         loaded: list[tuple[int, str, NDArray[np.float32]]] = []
         for i, (key, path) in chunk:
             key = printable(str(key))
-            try:
-                loaded.append((i, key, load_image(path)))
-            except ImageReadError as exc:
-                error = str(exc)
-            except (OSError, ValueError, MemoryError) as exc:
-                error = f"{path}: cannot read or convert the image: {exc}"
-            else:
+            image, error = _load(path)
+            if image is not None:
+                loaded.append((i, key, image))
                 continue
             for m in monitors:
                 records.append(ShiftRecord(m.name, key, CLEAN, 0, i, error=error))
@@ -550,14 +547,10 @@ def run_shift(
         keys, images = [], []
         for key, path in others:
             key = printable(str(key))
-            try:
-                images.append(load_image(path))
+            image, error = _load(path)
+            if image is not None:
+                images.append(image)
                 keys.append(key)
-            except ImageReadError as exc:
-                error = str(exc)
-            except (OSError, ValueError, MemoryError) as exc:
-                error = f"{path}: cannot read or convert the image: {exc}"
-            else:
                 continue
             for m in monitors:
                 records.append(ShiftRecord(m.name, key, OTHER, 0, -1, error=error))
@@ -622,14 +615,14 @@ def _png(fig: Any) -> bytes:
     return png_from_figure(fig)
 
 
-def _provenance_lines(provenance: Mapping[str, Any]) -> list[str]:
-    import json
-
-    lines = ["| item | value |", "|---|---|"]
-    for key, value in provenance.items():
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        lines.append("| " + md_cell(str(key), "") + " | " + md_cell(text, "") + " |")
-    return lines
+def _load(path: Any) -> tuple[Any, str | None]:
+    """The image, or why it cannot be read (the message :class:`~.audit.Auditor` gives)."""
+    try:
+        return load_image(path), None
+    except ImageReadError as exc:
+        return None, str(exc)
+    except (OSError, ValueError, MemoryError) as exc:
+        return None, f"{path}: cannot read or convert the image: {exc}"
 
 
 def _part(table: Table, monitor: str, drop: Sequence[str] = ("monitor",)) -> Table:
@@ -652,7 +645,7 @@ def render_shift_markdown(
         "",
         "## Provenance",
         "",
-        *_provenance_lines({**provenance, "informer-audit": __version__}),
+        *provenance_lines({**provenance, "informer-audit": __version__}),
         "",
         "## Setup",
         "",
@@ -740,8 +733,6 @@ def write_shift_report(
     ReportError
         When ``plots`` is true and matplotlib is not installed.
     """
-    from .evaluation_report import require_matplotlib
-
     outdir = Path(outdir)
     if plots:
         require_matplotlib("the shift plot")
