@@ -19,9 +19,10 @@ How the work is spread:
   system, and write nothing but their private copy of the model. A bounded number of images is
   in flight (``in_flight`` per worker, waited on with ``ray.wait``), and results are handed on
   in input order.
-- A worker that dies (killed, out of memory, a crash in a decoder) is restarted by Ray and its
-  images are sent again, up to ``max_task_retries`` times; an image whose worker died on every
-  attempt becomes a failure row that says so. An error raised while scoring one image is that
+- A worker that dies (killed, out of memory, a crash in a decoder) is restarted by Ray and each
+  image it had in flight is sent again alone, to a worker with nothing else in flight; an image
+  that kills its worker even then, ``max_task_retries`` more times, becomes a failure row that
+  says so. An error raised while scoring one image is that
   image's failure row, as in the local backend; a model or adapter problem stops the run with
   its own error.
 - Results do not depend on which worker computed them: every random choice is seeded from the
@@ -99,7 +100,8 @@ class RaySettings:
     object_store_mb : int or None
         Object store size of a local Ray, in MiB (``None``: 512 or half the free ``/dev/shm``).
     max_task_retries : int
-        How many times an image is sent again after its worker died.
+        How many times an image that killed its worker while scored alone is sent again before
+        its row says so.
     """
 
     address: str | None = None
