@@ -1,10 +1,14 @@
 """Interleaved rounds and paired ratios: how the benchmarks decide on a noisy, shared machine.
 
-Each round runs every compared side once, in an order that alternates between rounds (A B C,
+Each round runs every compared side, in an order that alternates between rounds (A B C,
 C B A, A B C, ...), so that a drift of the machine's load hits every side alike; each timed run
-waits for idle CPUs and is redone once if other processes used them (``_quiet.measure``). A
-comparison is the ratio of two sides within each round, and the verdict is taken on the median
-of those paired ratios, printed with their spread: one disturbed round cannot decide it.
+waits for idle CPUs and is redone once if other processes used them (``_quiet.measure``). With
+``repeats`` > 1 a side is run that many times back to back within its turn and the fastest run
+is kept: noise on a shared machine only ever adds time (another process's burst, a frequency
+drop), so the minimum of a few back-to-back runs is the least disturbed estimate of the work's
+cost, and it halves the round-to-round spread of the ratios on these machines. A comparison is
+the ratio of two sides within each round, and the verdict is taken on the median of those paired
+ratios, printed with their spread: one disturbed round cannot decide it.
 
 Used by the benchmarks (run as scripts, so this module is imported from their folder).
 """
@@ -16,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from _quiet import measure
+from _quiet import BUSY, measure, timed
 
 
 @dataclass
@@ -41,13 +45,32 @@ class Rounds:
         return max(finite) if finite else float("nan")
 
 
+Timer = Callable[[Callable[[], Any]], tuple[float, float, Any]]
+
+
+def best_of(
+    fn: Callable[[], Any], repeats: int, *, first: Timer = measure, again: Timer = timed
+) -> tuple[float, float, Any]:
+    """The fastest of ``repeats`` back-to-back runs of ``fn``: ``(wall, share, result)``.
+
+    The first run is timed by ``first`` (waits for idle CPUs, redone once if disturbed), the
+    others by ``again`` straight after it; a run during which other processes took more than
+    ``_quiet.BUSY`` of the CPUs is kept only if every run was disturbed.
+    """
+    runs = [first(fn)] + [again(fn) for _ in range(max(1, repeats) - 1)]
+    quiet = [r for r in runs if not r[1] > BUSY] or runs
+    return min(quiet, key=lambda r: r[0])
+
+
 def interleave(
     sides: dict[str, Callable[[], Any]],
     rounds: int,
     *,
-    timer: Callable[[Callable[[], Any]], tuple[float, float, Any]] = measure,
+    repeats: int = 1,
+    timer: Timer = measure,
+    again: Timer = timed,
 ) -> Rounds:
-    """Run every side once per round, the order reversed every other round.
+    """Run every side once per round (best of ``repeats``), the order reversed every other round.
 
     Returns
     -------
@@ -60,7 +83,7 @@ def interleave(
     results: dict[str, Any] = {}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            wall, share, result = timer(sides[name])
+            wall, share, result = best_of(sides[name], repeats, first=timer, again=again)
             seconds[name].append(wall)
             shares.append(share)
             results.setdefault(name, result)
@@ -99,4 +122,32 @@ def result_line(
     return (
         f"RESULT {name} {figure:.{digits}f} {unit} target {op} {target:.2f} "
         f"{'PASS' if ok else 'FAIL'}"
+    )
+
+
+def describe_machine() -> str:
+    """``host <CPU model>, <n> CPUs, <OS>; Python, ONNX Runtime and numpy versions``.
+
+    The first line of each recorded benchmark, so that a figure names the machine it came from.
+    """
+    import os
+    import platform
+
+    import numpy as np
+    import onnxruntime as ort
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return (
+        f"host         {cpu}, {cpus} CPUs, {platform.system()} {platform.machine()}; "
+        f"Python {platform.python_version()}, onnxruntime {ort.__version__} "
+        f"({', '.join(ort.get_available_providers())}), numpy {np.__version__}"
     )

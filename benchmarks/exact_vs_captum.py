@@ -15,13 +15,14 @@ model, in one process:
   classes: the adapter can approach it, not beat it;
 * the same three on the ONNX file converted by onnx2torch (what ``--saliency gradient`` runs).
 
-Every side runs once per round over ``--rounds`` interleaved rounds (``_paired.py``: the order
-alternates, each run waits for idle CPUs and is redone once if other processes used them); each
-comparison is the median of its paired per-round ratios, printed with their range. The forward
+Every side runs once per round over ``--rounds`` interleaved rounds, each time the fastest of
+``--repeats`` back-to-back runs (``_paired.py``: the order alternates, each turn waits for idle
+CPUs, a disturbed run is redone or outvoted); each comparison is the median of its paired
+per-round ratios, printed with their range. The forward
 and backward passes each side issues are counted and printed, and the maps compared (cosine per
 map). Needs torch, onnx2torch and captum (``pip install "informer-audit[torch,bench]"``).
 
-    python benchmarks/exact_vs_captum.py [--images 8] [--batch-size 8] [--rounds 9]
+    python benchmarks/exact_vs_captum.py [--images 8] [--batch-size 8] [--rounds 9] [--repeats 3]
 
 Last line: ``RESULT exact_vs_captum <ratio> x target <= 1.10 PASS|FAIL``: adapter time / floor
 time on the checkpoint's DenseNet121, median of paired rounds. Against Captum the adapter can
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _paired import Spread, interleave, result_line
+from _paired import Spread, describe_machine, interleave, result_line
 
 from informer_audit.images import find_images, load_image
 from informer_audit.model import OnnxClassifier
@@ -81,8 +82,10 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per side per round; fastest kept")
     ap.add_argument("--fd-patch-size", type=int, default=16)
     args = ap.parse_args()
+    print(describe_machine(), flush=True)
 
     try:
         import torch
@@ -152,7 +155,7 @@ def main() -> int:
         with counting(torch, modules[name]) as counts:
             maps[name] = fn()
         passes[name] = counts
-    runs = interleave(sides, args.rounds)
+    runs = interleave(sides, args.rounds, repeats=args.repeats)
 
     print(
         f"model     {args.model.name} + {args.weights.name}, torch {torch.__version__}, "
@@ -160,7 +163,7 @@ def main() -> int:
     )
     print(
         f"input     {tuple(x.shape[1:])}, {n} images, batch {bs}, {k} classes, "
-        f"{args.rounds} interleaved rounds"
+        f"{args.rounds} interleaved rounds, best of {args.repeats} runs per side per round"
     )
     batches = -(-n // bs)
     for name in sides:

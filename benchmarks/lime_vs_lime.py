@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from _paired import Spread, interleave, result_line
+from _paired import Spread, describe_machine, interleave, result_line
 from numpy.typing import NDArray
 
 from informer_audit.adapters.lime import LimeSaliency, image_random_state
@@ -294,6 +294,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a short smoke run of every section")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = ap.parse_args()
+    print(describe_machine(), flush=True)
     if args.quick:
         args.images, args.num_samples, args.rounds = 1, 200, 2
         args.lime_batch_sizes = "10,100"

@@ -2,22 +2,33 @@
 
 Images per ``session.run`` never change results (each image's scores are the same in any batch:
 the adapters' batch-invariance tests, and bitwise on the reference DenseNet121 on CPU), but they
-change the time per image: on a 2-core CPU a batch of 4-8 ran 5-15% faster per image than 32 or
-64 for the reference model, while on a GPU the best batch is far larger. So when no batch size is
-given, :func:`choose_batch_size` times a few sizes on the model's own session and input shape
-and keeps the fastest:
+change the time per image. On a 2-core CPU the reference model's landscape is flat from 8 to 32
+(within 1-3% per image, and which size wins moves from day to day), small batches (1-4) and 64
+are slower; on a GPU the best batch is far larger. So when no batch size is given,
+:func:`choose_batch_size` times a few sizes on the model's own session and input shape, and
+departs from the fixed default (:data:`DEFAULT_BATCH`, 32: the *reference*) only where a size
+measured clearly faster:
 
 * the ladder of sizes is :data:`CPU_LADDER` (1 ... 64) or :data:`CUDA_LADDER` (1 ... 1024), cut
-  where one run's input would exceed :data:`MAX_INPUT_BYTES`;
-* after one untimed warm-up run, a first round climbs the ladder one run per size, and stops
-  before the size whose projected cost (the remaining rounds of the sizes kept and all rounds
-  of this one, priced at the fastest time per image so far) would take the whole probe past
-  ``budget_s`` (:data:`BUDGET_S`, 0.4 s) and past :data:`MIN_IMAGES` images (48: the sizes
-  1-8 on CPU); later rounds time the kept sizes again in alternating order (interleaved, so
-  that a drift of the machine's load hits every size alike);
-* per size the median time per image over the :data:`ROUNDS` rounds decides; sizes within
-  :data:`TIE` (2%) of the fastest count as ties, and the smallest of them is chosen (less
-  memory, same speed).
+  where one run's input would exceed :data:`MAX_INPUT_BYTES`; the reference is the largest
+  size of the ladder up to 32 (:func:`reference_size`);
+* after one untimed warm-up run at the reference (a fresh session's first runs are up to 2x
+  slow: threads start, the arena grows), the climb times one run per size up to the reference,
+  always,
+  and beyond it while the projected cost (the next size's run and its confirming run, priced at
+  the fastest time per image so far) keeps the probe within ``budget_s`` (:data:`BUDGET_S`,
+  0.4 s): on a 2-core CPU that stops at 32, on a GPU it climbs on;
+* when the fastest other size (the *rival*) beat the reference by more than :data:`TIE` (2%),
+  both run once more, in the other order, and each keeps its fastest run (noise on a shared
+  machine only ever adds time);
+* the reference stays unless a size is faster per image by more than :data:`TIE`; among such
+  sizes those within :data:`TIE` of the fastest tie, and the largest wins (a real workload
+  adds per-batch work the bare session run does not have, which favours larger batches).
+
+So the choice is never a size the probe measured slower than the default, and on a flat
+landscape it is the default itself. The probe costs about 64 images' passes on CPU (112 when
+a rival is confirmed), 1-3% of a 140-image calibration of the bundled example
+(``benchmarks/batch_choice.py``).
 
 A model with a fixed batch axis keeps its batch (no probe). The choice is cached per model,
 input shape, device, provider, thread count, ONNX Runtime version and machine (CPU model and
@@ -37,14 +48,13 @@ import json
 import logging
 import os
 import platform
-import statistics
 import tempfile
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -60,17 +70,11 @@ CPU_LADDER: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 CUDA_LADDER: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 """Candidate batch sizes on CUDA."""
 BUDGET_S = 0.4
-"""Seconds the probe may take (the warm-up run included); the first size is always timed.
-About 2% of a 140-image calibration of the bundled example on a 2-core CPU
-(``benchmarks/batch_choice.py``)."""
-MIN_IMAGES = 48
-"""The probe may always run this many images (warm-up included), however long they take: on a
-loaded machine the sizes 1-8 are still compared, and a number of images is the same share of
-any run's work whatever the load."""
-ROUNDS = 3
-"""Timed runs per kept size; the median decides."""
+"""Seconds the probe may spend climbing past the reference size (the sizes up to it are always
+timed: on a 2-core CPU the budget stops the climb at 32, on a GPU it allows far larger)."""
 TIE = 0.02
-"""Sizes whose median time per image is within this fraction of the fastest count as ties."""
+"""A size replaces the reference only when faster per image by more than this fraction; sizes
+within it of the fastest tie (the largest wins)."""
 MAX_INPUT_BYTES = 64 * 1024**2
 """Largest input of one probe run: bounds the host memory and the arena a GPU session keeps."""
 CACHE_ENV = "INFORMER_AUDIT_CACHE_DIR"
@@ -79,14 +83,15 @@ CACHE_FILE = "batch-size.json"
 CACHE_SCHEMA = 1
 MAX_ENTRIES = 64
 """Entries kept in the cache file (the oldest go first)."""
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 """Part of the cache key: a change of the probe's rules invalidates old choices."""
 
 BUSY_SHARE = 0.25
 """A probe during which other processes used more than this share of the CPUs is not cached:
 its timings measure the others' load as much as the sizes (a later run probes again)."""
 DEFAULT_BATCH = 32
-"""The batch size when the probe cannot run a single size (the model fails at batch 1)."""
+"""The reference size of the probe (the CLI's former fixed default), and the batch size when
+the probe cannot run a single size (the model fails at batch 1)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,8 @@ class BatchChoice:
         seconds = f"{self.probe_seconds:.2f} s" if self.probe_seconds is not None else "a"
         if self.source == "cache":
             return f"{head} (chosen for this machine: cached {seconds} probe of {tried})"
+        if len(sizes) > 1 and self.size == reference_size(sizes):
+            tried += f", none {TIE:.0%} faster than {self.size}"
         cached = "cached" if self.cache_file is not None else "not cached"
         if self.busy is not None and self.busy > BUSY_SHARE:
             cached = f"on a busy machine ({self.busy:.0%} of the CPUs taken by others), not cached"
@@ -162,17 +169,34 @@ def ladder_for(device: str, image_bytes: int) -> tuple[int, ...]:
     return kept or (1,)
 
 
+class ProbeResult(NamedTuple):
+    """What :func:`probe` measured and chose."""
+
+    size: int | None
+    """The chosen size; ``None`` when not even the first size ran."""
+    seconds_per_image: dict[int, float]
+    """Per size timed, the fastest of its runs, in seconds per image."""
+    seconds: float
+    """Wall time of the probe."""
+    note: str
+    """The sizes that failed and why ("" when none did)."""
+
+
+def reference_size(ladder: Sequence[int]) -> int:
+    """The size a probe must beat: the largest of ``ladder`` up to :data:`DEFAULT_BATCH`."""
+    kept = [b for b in ladder if b <= DEFAULT_BATCH]
+    return max(kept) if kept else min(ladder)
+
+
 def probe(
     run: Callable[[int], Any],
     ladder: Sequence[int],
     *,
     budget_s: float = BUDGET_S,
-    rounds: int = ROUNDS,
     tie: float = TIE,
-    min_images: int = MIN_IMAGES,
     clock: Callable[[], float] = time.perf_counter,
-) -> tuple[int | None, dict[int, float], float, str]:
-    """Time ``run(b)`` for the sizes of ``ladder`` within a budget; choose the fastest per image.
+) -> ProbeResult:
+    """Time ``run(b)`` for the sizes of ``ladder``; keep the default unless one clearly beats it.
 
     Parameters
     ----------
@@ -182,71 +206,77 @@ def probe(
     ladder : sequence of int
         Ascending candidate sizes.
     budget_s : float
-        Seconds the whole probe may take, the warm-up run included (module docstring); the
-        first size is always timed.
-    rounds : int
-        Timed runs per kept size.
+        Seconds the probe may spend on sizes above the reference (:func:`reference_size`); the
+        sizes up to it are always timed.
     tie : float
-        Relative margin within which sizes tie; ties go to the smallest.
-    min_images : int
-        The climb goes on, whatever the budget, while the whole probe stays within this many
-        images.
+        A size is chosen over the reference only when it is faster per image by more than this
+        fraction; among such sizes, those within it of the fastest tie and the largest wins.
     clock : callable
         Seconds (injectable for tests).
 
     Returns
     -------
-    size : int or None
-        The chosen size; ``None`` when not even the first size ran.
-    seconds_per_image : dict of int to float
-        Median seconds per image of each kept size.
-    seconds : float
-        Wall time of the probe.
-    note : str
-        Why the climb stopped early on an error ("" otherwise).
+    ProbeResult
     """
-    if not ladder or rounds < 1 or budget_s <= 0:
+    if not ladder or budget_s <= 0 or not 0 <= tie < 1:
         raise EvaluationError(
-            f"probe needs sizes, rounds >= 1 and a positive budget; got ladder {list(ladder)}, "
-            f"rounds {rounds}, budget {budget_s}"
+            f"probe needs sizes, a positive budget and a tie margin in [0, 1); got ladder "
+            f"{list(ladder)}, budget {budget_s}, tie {tie}"
         )
     start = clock()
-    note = ""
     times: dict[int, list[float]] = {}
+    reference = reference_size(ladder)
 
-    def timed(b: int) -> float:
+    notes: list[str] = []
+
+    def timed(b: int) -> bool:
+        """Time one run of ``b``; False (with a note) when it raised."""
         t0 = clock()
-        run(b)
-        return clock() - t0
+        try:
+            run(b)
+        except Exception as exc:  # ORT raises its own types (out of memory, invalid shape, ...)
+            notes.append(f"batch {b} failed ({type(exc).__name__}: {exc})")
+            logger.warning("batch-size probe: %s", notes[-1])
+            return False
+        times.setdefault(b, []).append((clock() - t0) / b)
+        return True
 
-    b = ladder[0]
-    try:
-        run(b)  # warm-up: ONNX Runtime allocates its buffers on the first run
-        for b in ladder:
-            if times:
-                # The fastest time per image so far prices the rest: a run that others
-                # disturbed must not end the climb.
-                rate = min(ts[0] for ts in times.values())
-                images = 1 + (rounds - 1) * sum(times) + rounds * b + sum(times)
-                projected = (clock() - start) + rate * ((rounds - 1) * sum(times) + rounds * b)
-                if projected > budget_s and images > min_images:
-                    break
-            times[b] = [timed(b) / b]
-    except Exception as exc:  # ORT raises its own types (out of memory, invalid shape, ...)
-        note = f"batch {b} failed ({type(exc).__name__}: {exc}); larger sizes not tried"
-        logger.warning("batch-size probe: %s", note)
-    kept = sorted(times)
-    if len(kept) > 1:
-        for r in range(1, rounds):
-            for b in kept[::-1] if r % 2 else kept:
-                times[b].append(timed(b) / b)
+    def best() -> float:
+        return min(min(ts) for ts in times.values())
+
+    # The reference runs first (ONNX Runtime starts its threads and grows its arena to the
+    # largest shape the descent needs; this first run of a fresh session is up to 2x slow) and
+    # again last; it keeps the faster of its two runs.
+    timed(reference)
+    # Down from the reference while the sizes keep up with the fastest so far: the first one
+    # slower by more than twice the tie margin ends the descent (smaller sizes only lose more
+    # per image: the per-run overhead grows). A size that fails (out of memory) is skipped.
+    for b in sorted((c for c in ladder if c < reference), reverse=True):
+        if timed(b) and min(times[b]) > best() * (1.0 + 2 * tie):
+            break
+    # Up from the reference within the budget, two runs per size (a new, larger shape's first
+    # run is slow); the fastest time per image so far prices the next size, so a run that
+    # others disturbed does not end the climb. The first failure ends it.
+    if reference in times:
+        for b in (c for c in ladder if c > reference):
+            if (clock() - start) + best() * 2 * b > budget_s:
+                break
+            if not (timed(b) and timed(b)):
+                break
+        timed(reference)
     seconds = clock() - start
-    if not kept:
-        return None, {}, seconds, note
-    medians = {b: float(statistics.median(ts)) for b, ts in times.items()}
-    best = min(medians.values())
-    size = min(b for b in kept if medians[b] <= best * (1.0 + tie))
-    return size, medians, seconds, note
+    note = "; ".join(dict.fromkeys(notes))
+    if not times:
+        return ProbeResult(None, {}, seconds, note)
+    fastest = {c: float(min(ts)) for c, ts in sorted(times.items())}
+    anchor = reference if reference in fastest else max(fastest)
+    beat = [c for c in fastest if c != anchor and fastest[c] < fastest[anchor] * (1.0 - tie)]
+    if beat:
+        top = min(fastest[c] for c in beat)
+        size = max(c for c in beat if fastest[c] <= top * (1.0 + tie))
+    else:
+        size = anchor
+    return ProbeResult(size, fastest, seconds, note)
 
 
 # -- the cache ----------------------------------------------------------------------------------
@@ -542,10 +572,12 @@ __all__ = [
     "BUDGET_S",
     "CACHE_ENV",
     "BatchChoice",
+    "ProbeResult",
     "batch_size_for",
     "cache_dir",
     "choose_batch_size",
     "ladder_for",
     "machine_key",
     "probe",
+    "reference_size",
 ]

@@ -140,9 +140,10 @@ class EvaluationPlan:
         Seed of the bootstrap, and of TTA and the seeded adapters unless given.
     module : object, optional
         A torch module for the adapters that take one (``gradient``).
-    batch_size : int
+    batch_size : int, optional
         Images per ONNX Runtime run (fd, lime), augmented copies per run (tta); does not change
-        results.
+        results. ``None`` (the default): chosen for the model on this machine
+        (:func:`~.batchsize.batch_size_for`: a short probe, cached).
     """
 
     methods: Sequence[str] = field(default_factory=lambda: tuple(available_scorers()))
@@ -151,7 +152,7 @@ class EvaluationPlan:
     tta: Mapping[str, Any] | None = None
     seed: int = 0
     module: Any = None
-    batch_size: int = 32
+    batch_size: int | None = None
 
     def adapters(self) -> list[str]:
         """The saliency adapters INFORMER runs with, in row order (checked)."""

@@ -102,14 +102,15 @@ class ScorerOptions:
 
     Each method takes the ones it understands and refuses the others (the message names the
     parameter): ``saliency``, ``saliency_params`` and ``module`` are INFORMER's, ``tta`` is
-    TTA's; ``batch_size`` never changes results and goes where a batch size is taken.
+    TTA's; ``batch_size`` never changes results and goes where a batch size is taken (``None``:
+    chosen for the model on this machine, :func:`~.batchsize.batch_size_for`).
     """
 
     saliency: str | None = None
     saliency_params: Mapping[str, Any] = field(default_factory=dict)
     tta: Mapping[str, Any] = field(default_factory=dict)
     module: Any = None
-    batch_size: int = 32
+    batch_size: int | None = None
 
     def refuse_saliency(self, method: str) -> None:
         """Refuse INFORMER's options for ``method``."""
@@ -496,7 +497,11 @@ def _adapter_params(name: str, options: ScorerOptions) -> dict[str, Any]:
     adapters that run batches through ONNX Runtime (those declaring ``--batch-size``)."""
     params = dict(options.saliency_params)
     cls = available_adapters().get(name)
-    if cls is not None and ORT_BATCH_SIZE in getattr(cls, "options", ()):
+    if (
+        cls is not None
+        and ORT_BATCH_SIZE in getattr(cls, "options", ())
+        and options.batch_size is not None
+    ):
         params.setdefault("batch_size", options.batch_size)
     if options.module is not None:
         params["module"] = options.module
@@ -547,8 +552,9 @@ class TTAScorer(Scorer):
     ----------
     copies, seed, max_angle, blur_size, padding
         The settings of :func:`~.baselines.tta_spread` that change its result.
-    batch_size : int
-        Augmented copies per model run (does not change results; not in :meth:`settings`).
+    batch_size : int, optional
+        Augmented copies per model run (does not change results; not in :meth:`settings`);
+        ``None``: chosen for the model on this machine (:func:`~.batchsize.batch_size_for`).
     """
 
     name = "tta"
@@ -567,13 +573,18 @@ class TTAScorer(Scorer):
         max_angle: float = 45.0,
         blur_size: int = 10,
         padding: int = 8,
-        batch_size: int = 32,
+        batch_size: int | None = None,
     ) -> None:
         settings = tta_settings(
             copies=copies, seed=seed, max_angle=max_angle, blur_size=blur_size, padding=padding
         )
-        if not (isinstance(batch_size, int) and batch_size >= 1):
-            raise EvaluationError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if batch_size is not None and not (
+            isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1
+        ):
+            raise EvaluationError(
+                f"batch_size must be a positive integer (or None: chosen for the machine), got "
+                f"{batch_size!r}"
+            )
         self.tta = {k: settings[k] for k in TTA_PARAMS}
         self.batch_size = batch_size
 
@@ -667,7 +678,7 @@ def build_scorer(
     saliency_params: Mapping[str, Any] | None = None,
     tta: Mapping[str, Any] | None = None,
     module: Any = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> Scorer:
     """The scorer of a method from plain options (what ``calibrate`` and ``evaluate`` take).
 
@@ -683,9 +694,10 @@ def build_scorer(
         TTA settings (:data:`TTA_PARAMS`); tta only.
     module : object, optional
         A torch module for the ``gradient`` adapter; informer only.
-    batch_size : int
+    batch_size : int, optional
         Images per ONNX Runtime run of the adapters that take one (fd, lime), augmented copies
-        per model run for tta (does not change results).
+        per model run for tta (does not change results); ``None`` (the default): chosen for the
+        model on this machine (:func:`~.batchsize.batch_size_for`: a short probe, cached).
 
     Returns
     -------
@@ -712,7 +724,7 @@ def scorer_from_binding(
     saliency_params: Mapping[str, Any] | None = None,
     tta: Mapping[str, Any] | None = None,
     module: Any = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     source: str = "monitor",
 ) -> Scorer:
     """Rebuild the scorer a monitor was fitted with, from its binding plus overrides.

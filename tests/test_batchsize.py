@@ -47,76 +47,97 @@ class FakeMachine:
         self.now += b * self.cost[b] * self.spikes.get((b, nth), 1.0)
 
 
-LADDER = (1, 2, 4, 8, 16)
+LADDER = (1, 2, 4, 8, 16, 32, 64)
+GPU_LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def run_probe(machine, **kw):
-    kw.setdefault("budget_s", 1e9)
-    return probe(machine.run, LADDER, clock=machine.clock, **kw)
+def run_probe(machine, ladder=LADDER, **kw):
+    kw.setdefault("budget_s", 1e-9)  # no climb past the reference unless a test asks
+    return probe(machine.run, ladder, clock=machine.clock, **kw)
 
 
-def test_the_fastest_size_per_image_is_chosen():
-    machine = FakeMachine({1: 10.0, 2: 8.0, 4: 6.0, 8: 7.0, 16: 9.0})
-    size, per_image, seconds, note = run_probe(machine)
-    assert size == 4 and note == ""
-    assert per_image == {1: 10.0, 2: 8.0, 4: 6.0, 8: 7.0, 16: 9.0}
-    # warm-up at 1, one climbing round, two more rounds in alternating order
-    assert machine.runs == [1, 1, 2, 4, 8, 16, 16, 8, 4, 2, 1, 1, 2, 4, 8, 16]
-    assert seconds == pytest.approx(10 + 3 * (10 + 16 + 24 + 56 + 144))
+def test_the_reference_is_the_largest_size_up_to_the_default():
+    assert batchsize.reference_size(LADDER) == batchsize.DEFAULT_BATCH == 32
+    assert batchsize.reference_size((1, 2, 4, 8)) == 8  # a ladder cut by the input's size
+    assert batchsize.reference_size((64, 128)) == 64
 
 
-def test_near_ties_go_to_the_smaller_size():
-    tie = FakeMachine({1: 10.0, 2: 10.0, 4: 6.1, 8: 6.0, 16: 9.0})
-    assert run_probe(tie)[0] == 4  # 6.1 is within 2% of 6.0
-    clear = FakeMachine({1: 10.0, 2: 10.0, 4: 6.2, 8: 6.0, 16: 9.0})
-    assert run_probe(clear)[0] == 8  # 3.3% slower is no tie
-
-
-def test_one_disturbed_run_neither_decides_nor_ends_the_climb():
-    # size 2's climbing run is 5x slow: the median of three rounds ignores it, and the
-    # remaining sizes are priced at the fastest rate seen (size 1's), not at the spike.
-    machine = FakeMachine({1: 10.0, 2: 8.0, 4: 6.0, 8: 7.0, 16: 9.0}, spikes={(2, 1): 5.0})
-    size, per_image, _, _ = probe(machine.run, LADDER, clock=machine.clock, budget_s=700.0)
-    assert size == 4 and per_image[2] == 8.0
-    assert 16 in per_image
-
-
-def test_the_budget_stops_the_climb():
-    machine = FakeMachine({1: 10.0, 2: 10.0, 4: 10.0, 8: 10.0, 16: 10.0})
-    size, per_image, seconds, _ = probe(
-        machine.run, LADDER, clock=machine.clock, budget_s=300.0, min_images=0
-    )
-    # Before size b: elapsed + 10 * (2 * sum(kept) + 3 * b). Before 8: elapsed 80 (warm-up
-    # 10, runs 10 + 20 + 40), projected 80 + 10 * (2 * 7 + 24) = 460 > 300: stop at 4.
-    assert sorted(per_image) == [1, 2, 4]
-    assert seconds == pytest.approx(10 + 3 * 70)
-    assert size == 1  # all tie: the smallest
-
-
-def test_min_images_keeps_small_sizes_on_a_slow_machine():
+def test_a_flat_landscape_keeps_the_default():
     machine = FakeMachine({b: 10.0 for b in LADDER})
-    # A budget too small for anything but the first size, yet 1 + 3 * (1 + 2 + 4 + 8) = 46
-    # images are within min_images=48: the sizes 1-8 are compared, 16 is not.
-    _, per_image, _, _ = probe(
-        machine.run, LADDER, clock=machine.clock, budget_s=1e-3, min_images=48
-    )
-    assert sorted(per_image) == [1, 2, 4, 8]
+    size, per_image, seconds, note = run_probe(machine)
+    assert size == 32 and note == ""
+    # the reference first and last, the whole descent between (nothing fell behind)
+    assert machine.runs == [32, 16, 8, 4, 2, 1, 32]
+    assert per_image == {b: 10.0 for b in (1, 2, 4, 8, 16, 32)}
+    assert seconds == pytest.approx(10.0 * (32 + 31 + 32))
+
+
+def test_a_size_is_chosen_only_when_clearly_faster_than_the_default():
+    # 16 is 1.5% faster than 32: within the tie margin, the default stays
+    near = FakeMachine({64: 20.0, 32: 10.0, 16: 9.85, 8: 10.0, 4: 11.0, 2: 12.0, 1: 13.0})
+    assert run_probe(near)[0] == 32
+    # 8 is 5% faster; 16 (4% faster) ties with it within 2%: the larger of the two wins
+    clear = FakeMachine({64: 20.0, 32: 10.0, 16: 9.6, 8: 9.5, 4: 11.0, 2: 12.0, 1: 13.0})
+    assert run_probe(clear)[0] == 16
+    alone = FakeMachine({64: 20.0, 32: 10.0, 16: 9.9, 8: 9.0, 4: 11.0, 2: 12.0, 1: 13.0})
+    assert run_probe(alone)[0] == 8
+
+
+def test_the_descent_stops_at_the_first_size_that_falls_behind():
+    machine = FakeMachine({64: 20.0, 32: 10.0, 16: 10.0, 8: 10.3, 4: 10.5, 2: 12.0, 1: 13.0})
+    size, per_image, _, _ = run_probe(machine)
+    # 8 is 3% behind (within twice the 2% margin): on; 4 is 5% behind: the descent ends
+    assert machine.runs == [32, 16, 8, 4, 32] and size == 32
+    assert sorted(per_image) == [4, 8, 16, 32]
+
+
+def test_the_default_keeps_the_faster_of_its_two_runs():
+    # a fresh session's first run is twice as slow: it neither loses the reference its place
+    # nor ends the descent (the sizes below are compared with their fastest rival)
+    machine = FakeMachine({b: 10.0 for b in LADDER} | {16: 9.9}, spikes={(32, 1): 2.0})
+    size, per_image, _, _ = run_probe(machine)
+    assert size == 32 and per_image[32] == pytest.approx(10.0)
+
+
+def test_on_a_gpu_the_climb_goes_past_the_default_within_the_budget():
+    cost = {1: 50.0, 2: 30.0, 4: 20.0, 8: 12.0, 16: 8.0, 32: 5.0, 64: 3.0, 128: 2.0, 256: 1.9}
+    machine = FakeMachine(cost)
+    size, per_image, _, _ = run_probe(machine, GPU_LADDER, budget_s=1e9)
+    assert size == 256 and sorted(per_image) == [16, 32, 64, 128, 256]
+    # two runs per size above the reference; the descent stopped at 16 (60% behind)
+    assert machine.runs == [32, 16, 64, 64, 128, 128, 256, 256, 32]
+    # a budget that prices 256 out: elapsed before 256 = 32*5 + 16*8 + 2*(64*3 + 128*2) = 1184,
+    # projected 1184 + 2.0 * 2 * 256 = 2208 > 2000 (the next size is priced at 2.0 per image)
+    capped = FakeMachine(cost)
+    size, per_image, _, _ = run_probe(capped, GPU_LADDER, budget_s=2000.0)
+    assert size == 128 and 256 not in per_image
 
 
 def test_a_failing_size_ends_the_climb_with_a_note(caplog):
-    machine = FakeMachine({1: 10.0, 2: 8.0, 4: 7.0, 8: 6.0, 16: 1.0}, fail_at=16)
+    cost = {b: 10.0 / b for b in GPU_LADDER}
+    machine = FakeMachine(cost, fail_at=128)
     with caplog.at_level(logging.WARNING, logger="informer_audit.batchsize"):
-        size, per_image, _, note = run_probe(machine)
-    assert size == 8 and sorted(per_image) == [1, 2, 4, 8]
-    assert "batch 16 failed" in note and "out of memory" in note
-    assert "batch 16 failed" in caplog.text
+        size, per_image, _, note = run_probe(machine, GPU_LADDER, budget_s=1e9)
+    assert size == 64 and 128 not in per_image and 256 not in machine.runs
+    assert "batch 128 failed" in note and "out of memory" in note
+    assert "batch 128 failed" in caplog.text
+
+
+def test_a_failing_default_leaves_the_smaller_sizes_to_choose_from():
+    machine = FakeMachine({1: 10.0, 2: 8.0, 4: 7.0, 8: 6.0, 16: 6.5}, fail_at=32)
+    size, per_image, _, note = run_probe(machine)
+    # the largest size that ran (16) stands in for the reference; 8 beats it by 7.7%
+    assert size == 8 and "batch 32 failed" in note
+    assert machine.runs == [16, 8, 4]  # 4 is 17% behind: the descent ends; nothing above 32
     nothing = FakeMachine({1: 1.0}, fail_at=1)
-    assert run_probe(nothing)[0] is None
+    assert run_probe(nothing, (1,))[0] is None
 
 
 def test_bad_probe_settings_are_refused():
-    with pytest.raises(EvaluationError, match="rounds"):
-        probe(lambda b: None, LADDER, rounds=0)
+    with pytest.raises(EvaluationError, match="budget"):
+        probe(lambda b: None, LADDER, budget_s=0)
+    with pytest.raises(EvaluationError, match="tie"):
+        probe(lambda b: None, LADDER, tie=1.5)
 
 
 def test_ladders_respect_the_device_and_the_input_size():
@@ -128,16 +149,21 @@ def test_ladders_respect_the_device_and_the_input_size():
 
 
 def test_describe_says_how_the_size_was_chosen(tmp_path):
-    times = {1: 0.01, 8: 0.005}
+    times = {4: 0.0062, 8: 0.005, 16: 0.0058, 32: 0.006}
     assert BatchChoice(32, "given").describe() == "batch size 32 (given)"
     assert BatchChoice(4, "fixed").describe() == "batch size 4 (the model's fixed batch)"
-    probed = BatchChoice(8, "probe", 0.31, times, tmp_path / "c.json")
+    probed = BatchChoice(8, "probe", 0.81, times, tmp_path / "c.json")
     assert probed.describe() == (
-        "batch size 8 (chosen for this machine: 0.31 s probe of sizes 1-8, cached)"
+        "batch size 8 (chosen for this machine: 0.81 s probe of sizes 4-32, cached)"
     )
-    assert BatchChoice(8, "probe", 0.31, times).describe().endswith("1-8, not cached)")
-    assert BatchChoice(8, "cache", 0.31, times).describe() == (
-        "batch size 8 (chosen for this machine: cached 0.31 s probe of sizes 1-8)"
+    assert BatchChoice(8, "probe", 0.81, times).describe().endswith("4-32, not cached)")
+    kept = BatchChoice(32, "probe", 0.8, times, tmp_path / "c.json")
+    assert kept.describe() == (
+        "batch size 32 (chosen for this machine: 0.80 s probe of sizes 4-32, none 2% faster "
+        "than 32, cached)"
+    )
+    assert BatchChoice(8, "cache", 0.81, times).describe() == (
+        "batch size 8 (chosen for this machine: cached 0.81 s probe of sizes 4-32)"
     )
 
 
@@ -291,6 +317,22 @@ def test_tta_spread_at_the_chosen_size_equals_the_given_sizes(chosen_model):
     auto = tta_spread(chosen_model, x, copies=3, blur_size=3, padding=2)
     given = tta_spread(chosen_model, x, copies=3, blur_size=3, padding=2, batch_size=12)
     np.testing.assert_allclose(auto, given, rtol=1e-6, atol=1e-9)
+
+
+def test_library_scorers_given_no_batch_size_use_the_chosen_one(chosen_model, monkeypatch):
+    from informer_audit.experiment import EvaluationPlan
+    from informer_audit.scorers import build_scorer
+
+    assert EvaluationPlan().batch_size is None
+    fd, tta = build_scorer(saliency="fd", saliency_params={"patch_size": 4}), build_scorer("tta")
+    assert fd.adapter.params()["batch_size"] is None and tta.batch_size is None
+    assert build_scorer(saliency="gradient").adapter.batch_size == 8  # torch's own default
+    batches = []
+    logits = chosen_model.logits
+    monkeypatch.setattr(chosen_model, "logits", lambda x: batches.append(len(x)) or logits(x))
+    x = np.random.default_rng(3).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    fd.adapter.explain(chosen_model, x)
+    assert max(batches[1:]) == 3  # after the clean pass: the chosen size, not the former 32
 
 
 # -- the command line ----------------------------------------------------------------------------

@@ -82,6 +82,8 @@ def test_flag_on_a_private_local_ray_writes_the_local_csv_byte_for_byte(env):
     assert out.read_bytes() == reference.read_bytes()
     assert "2 worker(s) of 1 CPU on a local Ray" in r.output
     assert "started for this run" in r.output
+    # each worker chooses the batch size for its own session (1 thread), not the driver's
+    assert "batch size chosen by each Ray worker" in " ".join(r.output.split())
     rows = read_rows(out)
     bad = [row for row in rows if row["path"].endswith("corrupt.png")]
     assert len(bad) == 1 and bad[0]["status"] == "failed" and "cannot read" in bad[0]["error"]

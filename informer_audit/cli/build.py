@@ -60,7 +60,9 @@ def resolve_batch_size(
     Only when one of ``methods`` runs batches through ONNX Runtime (tta, or a method with
     maps whose adapter among ``adapters`` takes ``--batch-size``) is the size chosen
     (:func:`~informer_audit.batchsize.choose_batch_size`: a short probe, cached); otherwise it
-    is unused and stays at the library's default.
+    is unused and stays at the library's default. On the Ray backend an unset size stays
+    ``None``: every worker chooses it for its own session, whose thread count differs from this
+    process's.
 
     Returns
     -------
@@ -81,6 +83,11 @@ def resolve_batch_size(
     if not used:
         kw["batch_size"] = given or DEFAULT_BATCH
         return ""
+    if given is None and kw.get("backend") == "ray":
+        # Each worker runs its own session with its own thread count (--ray-cpus-per-worker):
+        # it chooses for that session (a probe cached per thread count), not the driver's.
+        kw["batch_size"] = None
+        return "; batch size chosen by each Ray worker for its own session (a short probe, cached)"
     choice = choose_batch_size(model, given)
     kw["batch_size"] = choice.size
     return f"; {choice.describe()}"
