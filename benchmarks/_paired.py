@@ -130,22 +130,14 @@ def describe_machine() -> str:
 
     The first line of each recorded benchmark, so that a figure names the machine it came from.
     """
-    import os
     import platform
 
     import numpy as np
     import onnxruntime as ort
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
+    from informer_audit.batchsize import _cpu_count, _cpu_name  # the probe's cache key uses them
+
+    cpu, cpus = _cpu_name(), _cpu_count()
     return (
         f"host         {cpu}, {cpus} CPUs, {platform.system()} {platform.machine()}; "
         f"Python {platform.python_version()}, onnxruntime {ort.__version__} "
